@@ -1,0 +1,2 @@
+//! The screening pipeline.
+pub mod segment;
