@@ -1,6 +1,48 @@
-//! kasuhara-guard: real-time screening of contact-centre transcripts for customer harassment.
+//! kasuhara-guard: real-time screening of contact-centre transcripts for customer harassment
+//! (カスタマーハラスメント).
+//!
+//! Platforms stream transcript segments in over gRPC; every customer segment is normalised,
+//! tokenised and matched against lexicons mapped to the policy's ten categories; alerts go
+//! back on the stream and out to supervisors who subscribe.
+//!
+//! # Layout (in data-flow order)
+//!
+//! ```text
+//! grpc::screening  ── Screen / ScreenText: decode, validate ─┐
+//! conversation     ── per-conversation state, segment → alerts
+//! pipeline         ── normalize → segment (lindera) → matcher (Aho-Corasick) → detections
+//! alert            ── AlertHub broadcast fan-out ──▶ grpc::alerts ── Subscribe
+//! ```
+//!
+//! - [`policy`]: category and severity codes, policy words and the response ladder.
+//! - [`dictionary`]: lexicon files (`dictionaries/**/*.tsv`) parsed and validated.
+//! - [`pipeline`]: the synchronous screening pipeline (no tokio inside).
+//! - [`conversation`]: one conversation's state and limits.
+//! - [`alert`]: alerts, ids, filters and the fan-out hub.
+//! - [`grpc`]: thin tonic services; [`error`]: the one error-to-status mapping.
+//! - [`server`]: wiring, health, reflection and graceful shutdown; [`config`], [`shutdown`].
+//! - [`eval`]: scoring a labelled corpus; [`client`]: replaying one through the gRPC API.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod alert;
+pub mod client;
+pub mod config;
+pub mod conversation;
+pub mod dictionary;
+pub mod error;
+pub mod eval;
+pub mod grpc;
 pub mod pipeline;
 pub mod policy;
+pub mod server;
+pub mod shutdown;
+
+/// Code generated from `proto/kasuhara/v1/*.proto` (package `kasuhara.v1`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("kasuhara.v1");
+
+    /// The encoded descriptors of the API, for the reflection service.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kasuhara_descriptor");
+}

@@ -1,1 +1,241 @@
-fn main() {}
+//! The `kasuhara-guard` command: `serve`, `screen`, `eval`. A thin shell over the library:
+//! parse flags, set up logging, call in.
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use kasuhara_guard::config::{self, Config};
+use kasuhara_guard::conversation::check_text;
+use kasuhara_guard::pipeline::Detection;
+use kasuhara_guard::{client, eval, server, shutdown};
+
+/// Real-time screening of contact-centre transcripts for customer harassment (カスハラ).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KASUHARA_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+struct LexiconArgs {
+    /// Directory of lexicon files (*.tsv).
+    #[arg(long, env = "KASUHARA_LEXICON_DIR", default_value = config::DEFAULT_LEXICON_DIR)]
+    lexicon_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC service.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "KASUHARA_ADDR", default_value = config::DEFAULT_ADDR)]
+        addr: SocketAddr,
+        #[command(flatten)]
+        lexicon: LexiconArgs,
+        /// Grace period for open streams at shutdown (e.g. 500ms, 5s, 1m).
+        #[arg(long, env = "KASUHARA_SHUTDOWN_GRACE", default_value = "5s", value_parser = config::parse_duration)]
+        shutdown_grace: Duration,
+    },
+    /// Screen JSON Lines ({"text": ..., "speaker": "customer"|"agent", "id": ...}) from a
+    /// file or stdin; print one verdict line per input line.
+    Screen {
+        /// Input file; stdin when absent or "-".
+        input: Option<PathBuf>,
+        #[command(flatten)]
+        lexicon: LexiconArgs,
+    },
+    /// Score a labelled corpus (../shared/eval schema) through the gRPC API.
+    Eval {
+        /// Directory holding utterances.jsonl and/or conversations.jsonl.
+        #[arg(long)]
+        corpus: PathBuf,
+        /// Screen against a running server (e.g. http://127.0.0.1:50051) instead of starting
+        /// one in this process.
+        #[arg(long)]
+        addr: Option<String>,
+        #[command(flatten)]
+        lexicon: LexiconArgs,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KASUHARA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { addr, lexicon, shutdown_grace } => {
+            let config = Config { lexicon_dir: lexicon.lexicon_dir, shutdown_grace, ..Config::default() };
+            let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            server::run(listener, config, shutdown::signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Screen { input, lexicon } => screen(input, lexicon.lexicon_dir),
+        Command::Eval { corpus, addr, lexicon, json } => {
+            run_eval(corpus, addr, lexicon.lexicon_dir, json).await
+        }
+    }
+}
+
+/// `screen`: JSON Lines in, one verdict per line out. A bad line gets an error line of its own
+/// and the rest are still screened; the exit status says whether any line failed.
+fn screen(input: Option<PathBuf>, lexicon_dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = Config { lexicon_dir, ..Config::default() };
+    let pipeline = server::load_pipeline(&config)?;
+    let reader: Box<dyn BufRead> = match input {
+        Some(path) if path.as_os_str() != "-" => Box::new(std::io::BufReader::new(
+            std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?,
+        )),
+        _ => Box::new(std::io::stdin().lock()),
+    };
+    let mut out = std::io::stdout().lock();
+    let mut failed = 0usize;
+    for (index, line) in reader.lines().enumerate() {
+        let line = line.context("cannot read input")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let verdict = match screen_line(&pipeline, &line) {
+            Ok(v) => v,
+            Err(message) => {
+                failed += 1;
+                json!({"line": index + 1, "error": message})
+            }
+        };
+        writeln!(out, "{verdict}")?;
+    }
+    if failed > 0 {
+        eprintln!("error: {failed} input line(s) could not be screened");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn screen_line(pipeline: &kasuhara_guard::pipeline::Pipeline, line: &str) -> Result<serde_json::Value, String> {
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let text = value.get("text").and_then(|t| t.as_str()).ok_or("missing string field \"text\"")?;
+    let speaker = value.get("speaker").and_then(|s| s.as_str()).unwrap_or("customer");
+    check_text("text", text).map_err(|e| e.to_string())?;
+    let detections = match speaker {
+        "customer" => pipeline.screen(text).map_err(|e| e.to_string())?,
+        "agent" => Vec::new(),
+        other => return Err(format!("unknown speaker {other:?} (expected customer or agent)")),
+    };
+    let mut verdict = json!({"alerts": detections.iter().map(detection_json).collect::<Vec<_>>()});
+    if let Some(id) = value.get("id") {
+        verdict["id"] = id.clone();
+    }
+    Ok(verdict)
+}
+
+fn detection_json(d: &Detection) -> serde_json::Value {
+    json!({
+        "category": d.category.code(),
+        "severity": d.severity.code(),
+        "policy_item": d.category.policy_item(),
+        "recommended_action": d.severity.recommended_action(),
+        "evidence": d.evidence.iter().map(|e| json!({
+            "quote": e.quote, "start": e.start, "end": e.end,
+            "normalized": e.normalized, "entry_id": e.entry_id, "reason": e.reason,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `eval`: replays the corpus through gRPC (an in-process server unless `--addr`), scores it.
+async fn run_eval(
+    corpus_dir: PathBuf,
+    addr: Option<String>,
+    lexicon_dir: PathBuf,
+    json_output: bool,
+) -> anyhow::Result<ExitCode> {
+    let corpus = eval::load_corpus(&corpus_dir)?;
+    let (endpoint, local) = match addr {
+        Some(addr) => (addr, None),
+        None => {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let local_addr = listener.local_addr()?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let config = Config { lexicon_dir, ..Config::default() };
+            let handle = tokio::spawn(server::run(listener, config, async {
+                let _ = stopped.await;
+            }));
+            (format!("http://{local_addr}"), Some((stop, handle)))
+        }
+    };
+    let mut client = connect_when_ready(&endpoint, local.as_ref().map(|(_, h)| h)).await?;
+    let utterances = client::replay_utterances(&mut client, &corpus, "eval").await?;
+    let conversations = client::replay_conversations(&mut client, &corpus, "eval").await?;
+    let report = eval::score(&corpus, &utterances, &conversations);
+    if json_output {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{report}");
+    }
+    if let Some((stop, handle)) = local {
+        let _ = stop.send(());
+        handle.await??;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Connects, retrying while an in-process server is still loading its lexicon; gives up at once
+/// if that server has already failed.
+async fn connect_when_ready(
+    endpoint: &str,
+    local: Option<&tokio::task::JoinHandle<Result<(), server::ServerError>>>,
+) -> anyhow::Result<kasuhara_guard::pb::screening_service_client::ScreeningServiceClient<tonic::transport::Channel>> {
+    // The listener is bound before the server task starts, so connecting succeeds at once; the
+    // first call waits while the lexicon loads. Only a dead server task needs handling here.
+    if let Some(handle) = local
+        && handle.is_finished()
+    {
+        anyhow::bail!("the in-process server stopped before screening started");
+    }
+    Ok(client::connect(endpoint).await?)
+}

@@ -1,0 +1,132 @@
+//! The gRPC edge: thin tonic services that turn protobuf into domain types and back, validate
+//! requests and map errors to statuses. No screening logic lives here.
+
+pub mod alerts;
+pub mod screening;
+
+use prost_types::Timestamp;
+
+use crate::alert::Alert;
+use crate::conversation::Speaker;
+use crate::error::ScreenError;
+use crate::pb;
+use crate::pipeline::Evidence;
+use crate::policy::{Category, Severity};
+
+/// Converts a wire category; `UNSPECIFIED` and unknown numbers are `None`.
+pub fn category_from_pb(value: i32) -> Option<Category> {
+    use pb::Category as P;
+    Some(match P::try_from(value).ok()? {
+        P::Unspecified => return None,
+        P::Attack => Category::Attack,
+        P::Intimidation => Category::Intimidation,
+        P::Restraint => Category::Restraint,
+        P::Dogeza => Category::Dogeza,
+        P::Persistence => Category::Persistence,
+        P::DiscriminationSexual => Category::DiscriminationSexual,
+        P::PersonalAttack => Category::PersonalAttack,
+        P::OnlineExposure => Category::OnlineExposure,
+        P::ExcessiveDemand => Category::ExcessiveDemand,
+        P::Other => Category::Other,
+    })
+}
+
+/// Converts a category to the wire enum.
+pub fn category_to_pb(category: Category) -> pb::Category {
+    use pb::Category as P;
+    match category {
+        Category::Attack => P::Attack,
+        Category::Intimidation => P::Intimidation,
+        Category::Restraint => P::Restraint,
+        Category::Dogeza => P::Dogeza,
+        Category::Persistence => P::Persistence,
+        Category::DiscriminationSexual => P::DiscriminationSexual,
+        Category::PersonalAttack => P::PersonalAttack,
+        Category::OnlineExposure => P::OnlineExposure,
+        Category::ExcessiveDemand => P::ExcessiveDemand,
+        Category::Other => P::Other,
+    }
+}
+
+/// Converts a wire severity; `UNSPECIFIED` and unknown numbers are `None`.
+pub fn severity_from_pb(value: i32) -> Option<Severity> {
+    use pb::Severity as P;
+    Some(match P::try_from(value).ok()? {
+        P::Unspecified => return None,
+        P::Low => Severity::Low,
+        P::Medium => Severity::Medium,
+        P::High => Severity::High,
+        P::Critical => Severity::Critical,
+    })
+}
+
+/// Converts a severity to the wire enum.
+pub fn severity_to_pb(severity: Severity) -> pb::Severity {
+    match severity {
+        Severity::Low => pb::Severity::Low,
+        Severity::Medium => pb::Severity::Medium,
+        Severity::High => pb::Severity::High,
+        Severity::Critical => pb::Severity::Critical,
+    }
+}
+
+/// Decodes a speaker; `UNSPECIFIED` or an unknown number is an invalid argument.
+///
+/// # Errors
+/// [`ScreenError::InvalidArgument`] on `field`.
+pub fn speaker_from_pb(field: &'static str, value: i32) -> Result<Speaker, ScreenError> {
+    match pb::Speaker::try_from(value) {
+        Ok(pb::Speaker::Customer) => Ok(Speaker::Customer),
+        Ok(pb::Speaker::Agent) => Ok(Speaker::Agent),
+        _ => Err(ScreenError::invalid(field, "must be SPEAKER_CUSTOMER or SPEAKER_AGENT")),
+    }
+}
+
+fn evidence_to_pb(e: &Evidence) -> pb::Evidence {
+    pb::Evidence {
+        quote: e.quote.clone(),
+        start: e.start as u32,
+        end: e.end as u32,
+        normalized: e.normalized.clone(),
+        entry_id: e.entry_id.clone(),
+        reason: e.reason.clone(),
+    }
+}
+
+/// Converts an alert to the wire message, adding the policy's words for its category and
+/// severity.
+pub fn alert_to_pb(alert: &Alert) -> pb::Alert {
+    pb::Alert {
+        alert_id: alert.alert_id.clone(),
+        conversation_id: alert.conversation_id.clone(),
+        tenant_id: alert.tenant_id.clone(),
+        seq: alert.seq,
+        category: category_to_pb(alert.category).into(),
+        severity: severity_to_pb(alert.severity).into(),
+        evidence: alert.evidence.iter().map(evidence_to_pb).collect(),
+        policy_item: alert.category.policy_item().to_owned(),
+        recommended_action: alert.severity.recommended_action().to_owned(),
+        created_at: Some(Timestamp::from(alert.created_at)),
+        queue: alert.queue.clone(),
+        agent_id: alert.agent_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every domain category and severity survives the wire in both directions.
+    #[test]
+    fn enums_round_trip() {
+        for c in Category::ALL {
+            assert_eq!(category_from_pb(category_to_pb(c) as i32), Some(c));
+        }
+        for s in Severity::ALL {
+            assert_eq!(severity_from_pb(severity_to_pb(s) as i32), Some(s));
+        }
+        assert_eq!(category_from_pb(0), None);
+        assert_eq!(category_from_pb(99), None);
+        assert!(speaker_from_pb("speaker", 0).is_err());
+    }
+}

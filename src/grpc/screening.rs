@@ -1,0 +1,171 @@
+//! `ScreeningService`: the producer side. `Screen` runs one conversation per stream; `ScreenText`
+//! screens a lone text.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
+
+use crate::alert::Alert;
+use crate::conversation::{Conversation, ConversationInfo, SegmentIn, Speaker, check_text};
+use crate::error::ScreenError;
+use crate::grpc::{alert_to_pb, speaker_from_pb};
+use crate::pb;
+use crate::pb::screening_service_server::ScreeningService;
+use crate::server::Shared;
+
+/// Verdicts buffered per stream before the handler waits for the client to read. Small on
+/// purpose: a client that stops reading should slow only its own stream.
+const VERDICT_BUFFER: usize = 32;
+
+/// The `ScreeningService` implementation.
+#[derive(Debug, Clone)]
+pub struct Screening {
+    shared: Arc<Shared>,
+}
+
+impl Screening {
+    /// A service over the shared server state.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ScreenResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ScreeningService for Screening {
+    type ScreenStream = ResponseStream;
+
+    async fn screen(
+        &self,
+        request: Request<Streaming<pb::ScreenRequest>>,
+    ) -> Result<Response<Self::ScreenStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(VERDICT_BUFFER);
+        let shared = Arc::clone(&self.shared);
+        let token = shared.shutdown.clone();
+        self.shared.tasks.spawn(async move {
+            let outcome = tokio::select! {
+                outcome = run_conversation(&shared, inbound, &tx) => outcome,
+                () = token.cancelled() => Err(Status::from(ScreenError::Unavailable)),
+            };
+            if let Err(status) = outcome {
+                // A failed send means the client has gone; nothing more to tell it.
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn screen_text(
+        &self,
+        request: Request<pb::ScreenTextRequest>,
+    ) -> Result<Response<pb::ScreenTextResponse>, Status> {
+        let request = request.into_inner();
+        crate::conversation::require_id("tenant_id", &request.tenant_id, true)?;
+        let speaker = speaker_from_pb("speaker", request.speaker)?;
+        check_text("text", &request.text)?;
+        if speaker == Speaker::Agent {
+            return Ok(Response::new(pb::ScreenTextResponse { alerts: Vec::new() }));
+        }
+        let detections = self.shared.pipeline.screen(&request.text)?;
+        let created_at = std::time::SystemTime::now();
+        let alerts = detections
+            .into_iter()
+            .map(|d| {
+                alert_to_pb(&Alert {
+                    alert_id: self.shared.alert_ids.next_id(),
+                    conversation_id: String::new(),
+                    tenant_id: request.tenant_id.clone(),
+                    queue: String::new(),
+                    agent_id: String::new(),
+                    seq: 0,
+                    category: d.category,
+                    severity: d.severity,
+                    evidence: d.evidence,
+                    created_at,
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::ScreenTextResponse { alerts }))
+    }
+}
+
+/// Reads one conversation to its end, sending a verdict per segment.
+async fn run_conversation(
+    shared: &Shared,
+    mut inbound: Streaming<pb::ScreenRequest>,
+    tx: &mpsc::Sender<Result<pb::ScreenResponse, Status>>,
+) -> Result<(), Status> {
+    use pb::screen_request::Kind;
+
+    let mut conversation = match inbound.next().await {
+        None => return Ok(()),
+        Some(message) => match message?.kind {
+            Some(Kind::Start(start)) => {
+                let info = ConversationInfo {
+                    conversation_id: start.conversation_id,
+                    tenant_id: start.tenant_id,
+                    customer_id: start.customer_id,
+                    queue: start.queue,
+                    agent_id: start.agent_id,
+                };
+                info.validate()?;
+                Conversation::new(info)
+            }
+            Some(_) => {
+                return Err(ScreenError::FailedPrecondition(
+                    "the first message of a Screen stream must be ConversationStart".into(),
+                )
+                .into());
+            }
+            None => return Err(ScreenError::invalid("kind", "is required").into()),
+        },
+    };
+    // The span names the conversation but nothing a person could be identified by.
+    let span = tracing::info_span!("conversation", conversation_id = %conversation.info().conversation_id);
+    async move {
+        tracing::debug!("conversation started");
+        while let Some(message) = inbound.next().await {
+            match message?.kind {
+                Some(Kind::Segment(segment)) => {
+                    let segment = SegmentIn {
+                        seq: segment.seq,
+                        speaker: speaker_from_pb("segment.speaker", segment.speaker)?,
+                        text: segment.text,
+                        is_final: segment.is_final,
+                    };
+                    let alerts = conversation.screen(&shared.pipeline, &shared.alert_ids, &segment)?;
+                    for alert in &alerts {
+                        shared.hub.publish(Arc::clone(alert));
+                    }
+                    let verdict = pb::SegmentVerdict {
+                        seq: segment.seq,
+                        alerts: alerts.iter().map(|a| alert_to_pb(a)).collect(),
+                    };
+                    let response = pb::ScreenResponse { kind: Some(pb::screen_response::Kind::Verdict(verdict)) };
+                    if tx.send(Ok(response)).await.is_err() {
+                        return Ok(()); // the client left
+                    }
+                }
+                Some(Kind::End(_)) => break,
+                Some(Kind::Start(_)) => {
+                    return Err(ScreenError::FailedPrecondition(
+                        "ConversationStart may be sent only once per stream".into(),
+                    )
+                    .into());
+                }
+                None => return Err(ScreenError::invalid("kind", "is required").into()),
+            }
+        }
+        tracing::debug!("conversation ended");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}

@@ -1,0 +1,561 @@
+//! Matching: finds lexicon entries in a tokenised utterance with one Aho-Corasick automaton, and
+//! applies the lexicon's context rules (negation, hypotheticals, second-person targeting,
+//! allow-lists and legitimate-complaint forms).
+//!
+//! # How the automaton sees words
+//!
+//! Keyword screens that search raw text hit バカ inside バカンス and 殺 inside 殺菌. Here every
+//! match starts and ends on a word boundary that lindera found, because the automaton never
+//! searches raw text. It searches an *encoding of the token layers* of the utterance:
+//!
+//! 1. **Base-form layer.** Every base form (原形) that occurs in some lexicon pattern gets an id,
+//!    and id `n` is written as the single Unicode scalar `U+F0000 + n` (a private-use plane, so
+//!    it never collides with text; 4 bytes in UTF-8). A token whose base form is in no pattern is
+//!    written as id 0, which no pattern contains. So 殺せ, 殺して and 殺されたいのか all write
+//!    the scalar of 殺す, and the one pattern `殺す` finds them all. Because UTF-8 is
+//!    self-synchronising and every token is exactly one scalar, a hit can only start and end
+//!    between tokens.
+//! 2. **Reading layer.** The katakana readings of the tokens, folded to hiragana and
+//!    concatenated, so ころす, コロス and 殺す meet however the tokeniser split the kana. Here
+//!    a hit must be re-aligned: it is kept only if its start and end are token starts/ends
+//!    (ところすみません contains こ・ろ・す but not on boundaries) and it does not start on a
+//!    particle or auxiliary verb.
+//!
+//! Both layers are concatenated into one haystack separated by U+0001, and every pattern
+//! alternative of every entry and rule is compiled into both layers of *one* automaton.
+//! The search is overlapping (`MatchKind::Standard`), unlike the usual dictionary search with
+//! `LeftmostLongest`: context rules must see markers that overlap entry hits (お前 inside
+//! お前殺すぞ), and we choose the longest evidence ourselves afterwards.
+//!
+//! Patterns go through the very same `normalize` and tokeniser as live text, so a lexicon
+//! author writes natural Japanese and it matches the way customers speak it.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+
+use crate::dictionary::{DictionaryError, Entry, Join, Lexicon, Origin, Pattern, RuleKind};
+use crate::pipeline::normalize::{fold_kana, normalize};
+use crate::pipeline::segment::{JapaneseSegmenter, SegmentError, Word};
+use crate::policy::Severity;
+
+/// First scalar of the base-form encoding (Supplementary Private Use Area-A).
+const LEMMA_BASE: u32 = 0xF_0000;
+/// Ids that fit in plane 15's private-use area; beyond it we continue in plane 16.
+const PLANE_15_IDS: u32 = 0xFFFE;
+/// First scalar of the second private-use plane.
+const PLANE_16_BASE: u32 = 0x10_0000;
+/// The most distinct base forms the encoding can hold (both private-use planes, less id 0).
+pub const MAX_VOCABULARY: usize = 2 * PLANE_15_IDS as usize - 1;
+/// Separates the two layers in the haystack; stripped from text by the normaliser.
+const LAYER_SEPARATOR: char = '\u{1}';
+/// Reading-layer patterns shorter than this (in chars) are too ambiguous to use: a single
+/// kana matches everywhere. Their base-form layer still applies.
+const MIN_READING_CHARS: usize = 2;
+
+fn lemma_char(id: u32) -> char {
+    let scalar =
+        if id < PLANE_15_IDS { LEMMA_BASE + id } else { PLANE_16_BASE + (id - PLANE_15_IDS) };
+    // Invariant: ids are < MAX_VOCABULARY (checked when the vocabulary grows), so the scalar
+    // lies inside U+F0000..=U+FFFFD or U+100000..=U+10FFFD, all valid scalars.
+    char::from_u32(scalar).expect("private-use scalar is valid")
+}
+
+/// Who owns a compiled pattern alternative: an entry or a context rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Owner {
+    Entry(u32),
+    Rule(u32),
+}
+
+/// One place an automaton pattern leads to: piece `piece` of `owner`.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    owner: Owner,
+    piece: u16,
+}
+
+/// One lexicon entry found in an utterance, after context rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// Index of the entry in [`Matcher::entries`].
+    pub entry: usize,
+    /// Byte range of the evidence in the normalised text.
+    pub bytes: Range<usize>,
+    /// Severity after context rules.
+    pub severity: Severity,
+    /// The context rule that raised the severity, if one did.
+    pub raised_by: Option<String>,
+}
+
+/// What matching one text found, including what context rules silenced (for `lexicon check`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Findings {
+    /// Entry hits that stand.
+    pub hits: Vec<Hit>,
+    /// Entry hits dropped by a rule: (entry index, byte range, rule id).
+    pub silenced: Vec<(usize, Range<usize>, String)>,
+}
+
+/// The compiled lexicon: one automaton plus what each of its patterns means.
+///
+/// Cloning is cheap (an `Arc`), so every stream can hold the current matcher while a reload
+/// builds the next one beside it.
+#[derive(Clone, Debug)]
+pub struct Matcher {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    automaton: AhoCorasick,
+    /// `targets[pattern id]`: every (owner, piece) that this pattern string stands for.
+    targets: Vec<Vec<Target>>,
+    vocabulary: HashMap<String, u32>,
+    lexicon: Lexicon,
+    segmenter: JapaneseSegmenter,
+}
+
+/// One token of the text being matched, reduced to what matching needs.
+#[derive(Debug, Clone)]
+struct Token {
+    bytes: Range<usize>,
+    reading: Range<usize>,
+    function_word: bool,
+}
+
+impl Matcher {
+    /// Compiles every entry and rule of `lexicon` into one automaton.
+    ///
+    /// # Errors
+    /// A pattern that normalises to nothing, a vocabulary too large for the encoding, a
+    /// tokeniser failure, or an automaton build error.
+    pub fn build(lexicon: Lexicon, segmenter: JapaneseSegmenter) -> Result<Matcher, DictionaryError> {
+        let mut compiler = Compiler::new(&segmenter);
+        let mut pending = Vec::new();
+        for (i, entry) in lexicon.entries.iter().enumerate() {
+            compiler.tokenise(Owner::Entry(i as u32), &entry.pattern, &entry.origin, &mut pending)?;
+        }
+        for (i, rule) in lexicon.rules.iter().enumerate() {
+            compiler.tokenise(Owner::Rule(i as u32), &rule.pattern, &rule.origin, &mut pending)?;
+        }
+        let vocabulary = compiler
+            .vocabulary()
+            .map_err(|limit| DictionaryError::VocabularyFull { limit })?;
+        for p in pending {
+            compiler.encode(p, &vocabulary);
+        }
+        let Compiler { patterns, .. } = compiler;
+        let (strings, targets): (Vec<String>, Vec<Vec<Target>>) = patterns.into_iter().unzip();
+        let automaton = AhoCorasick::builder()
+            .match_kind(MatchKind::Standard)
+            .build(&strings)
+            .map_err(DictionaryError::Build)?;
+        Ok(Matcher { inner: Arc::new(Inner { automaton, targets, vocabulary, lexicon, segmenter }) })
+    }
+
+    /// The entries, indexed by [`Hit::entry`].
+    pub fn entries(&self) -> &[Entry] {
+        &self.inner.lexicon.entries
+    }
+
+    /// The lexicon this matcher was built from.
+    pub fn lexicon(&self) -> &Lexicon {
+        &self.inner.lexicon
+    }
+
+    /// Number of distinct pattern strings in the automaton (both layers).
+    pub fn pattern_count(&self) -> usize {
+        self.inner.targets.len()
+    }
+
+    /// The tokeniser this matcher encodes text with.
+    pub fn segmenter(&self) -> &JapaneseSegmenter {
+        &self.inner.segmenter
+    }
+
+    /// Finds every entry in `normalized` (text already through `normalize`) and applies the
+    /// context rules.
+    ///
+    /// # Errors
+    /// Only a tokeniser failure.
+    pub fn find(&self, normalized: &str) -> Result<Findings, SegmentError> {
+        let inner = &*self.inner;
+        let mut tokens: Vec<Token> = Vec::new();
+        let mut lemmas = String::new();
+        let mut readings = String::new();
+        inner.segmenter.for_each_word(normalized, |w: Word<'_>| {
+            let key = lemma_key(w.base_form, w.part_of_speech);
+            let id = inner.vocabulary.get(&key).copied().unwrap_or(0);
+            lemmas.push(lemma_char(id));
+            let start = readings.len();
+            readings.push_str(&fold_kana(w.reading));
+            tokens.push(Token {
+                bytes: w.range,
+                reading: start..readings.len(),
+                function_word: matches!(w.part_of_speech, "助詞" | "助動詞"),
+            });
+        })?;
+        if tokens.is_empty() {
+            return Ok(Findings::default());
+        }
+        let lemma_len = lemmas.len();
+        let reading_offset = lemma_len + LAYER_SEPARATOR.len_utf8();
+        let mut haystack = lemmas;
+        haystack.push(LAYER_SEPARATOR);
+        haystack.push_str(&readings);
+
+        // (owner, piece, token span), collected from both layers.
+        let mut pieces: Vec<(Owner, u16, Range<usize>)> = Vec::new();
+        for m in inner.automaton.find_overlapping_iter(&haystack) {
+            let span = if m.end() <= lemma_len {
+                // Each token is one 4-byte scalar in the base-form layer.
+                m.start() / 4..m.end() / 4
+            } else if m.start() >= reading_offset {
+                match align_reading(&tokens, m.start() - reading_offset, m.end() - reading_offset)
+                {
+                    Some(span) => span,
+                    None => continue,
+                }
+            } else {
+                continue; // cannot happen: no pattern contains the separator
+            };
+            for t in &inner.targets[m.pattern().as_usize()] {
+                pieces.push((t.owner, t.piece, span.clone()));
+            }
+        }
+        pieces.sort_by(|a, b| (a.0, a.1, a.2.start, a.2.end).cmp(&(b.0, b.1, b.2.start, b.2.end)));
+        pieces.dedup();
+
+        let mut entry_spans: Vec<(usize, Range<usize>)> = Vec::new();
+        let mut rule_spans: Vec<(usize, Range<usize>)> = Vec::new();
+        for group in pieces.chunk_by(|a, b| a.0 == b.0) {
+            let owner = group[0].0;
+            let pattern = match owner {
+                Owner::Entry(i) => &inner.lexicon.entries[i as usize].pattern,
+                Owner::Rule(i) => &inner.lexicon.rules[i as usize].pattern,
+            };
+            for span in combine(pattern, group) {
+                match owner {
+                    Owner::Entry(i) => entry_spans.push((i as usize, span)),
+                    Owner::Rule(i) => rule_spans.push((i as usize, span)),
+                }
+            }
+        }
+        Ok(self.apply_context(&tokens, entry_spans, &rule_spans))
+    }
+
+    fn apply_context(
+        &self,
+        tokens: &[Token],
+        entry_spans: Vec<(usize, Range<usize>)>,
+        rule_spans: &[(usize, Range<usize>)],
+    ) -> Findings {
+        let rules = &self.inner.lexicon.rules;
+        let mut findings = Findings::default();
+        for (entry_index, span) in entry_spans {
+            let entry = &self.inner.lexicon.entries[entry_index];
+            let bytes = tokens[span.start].bytes.start..tokens[span.end - 1].bytes.end;
+            let silencer = rule_spans.iter().find(|(r, rs)| {
+                let rule = &rules[*r];
+                match rule.kind {
+                    RuleKind::Allow | RuleKind::Legit => rs.start <= span.start && span.end <= rs.end,
+                    RuleKind::Negation => {
+                        !entry.flags.no_negate
+                            && rs.start >= span.end
+                            && rs.start - span.end <= rule.window as usize
+                    }
+                    RuleKind::Hypothetical => {
+                        !entry.flags.no_negate
+                            && rs.end <= span.start
+                            && span.start - rs.end <= rule.window as usize
+                    }
+                    RuleKind::Target => false,
+                }
+            });
+            if let Some((r, _)) = silencer {
+                findings.silenced.push((entry_index, bytes, rules[*r].id.clone()));
+                continue;
+            }
+            let raiser = entry
+                .flags
+                .target
+                .then(|| {
+                    rule_spans.iter().find(|(r, rs)| {
+                        rules[*r].kind == RuleKind::Target
+                            && token_gap(rs, &span) <= rules[*r].window as usize
+                    })
+                })
+                .flatten();
+            let (severity, raised_by) = match raiser {
+                Some((r, _)) if entry.severity.raised() != entry.severity => {
+                    (entry.severity.raised(), Some(rules[*r].id.clone()))
+                }
+                _ => (entry.severity, None),
+            };
+            findings.hits.push(Hit { entry: entry_index, bytes, severity, raised_by });
+        }
+        findings
+    }
+}
+
+/// Tokens strictly between two spans; 0 when they touch or overlap.
+fn token_gap(a: &Range<usize>, b: &Range<usize>) -> usize {
+    if a.end <= b.start {
+        b.start - a.end
+    } else if b.end <= a.start {
+        a.start - b.end
+    } else {
+        0
+    }
+}
+
+/// Maps a reading-layer hit to a token span, if it starts and ends on token edges and does
+/// not start on a particle or auxiliary (か|す in どうかすると is not カス).
+fn align_reading(tokens: &[Token], start: usize, end: usize) -> Option<Range<usize>> {
+    let first = tokens.binary_search_by(|t| t.reading.start.cmp(&start)).ok()?;
+    let last = tokens.binary_search_by(|t| t.reading.end.cmp(&end)).ok()?;
+    // Empty readings cannot occur (a reading falls back to the surface), so starts and ends
+    // are strictly increasing and binary search finds the one token.
+    (first <= last && !tokens[first].function_word).then_some(first..last + 1)
+}
+
+/// Combines the piece hits of one owner into whole-pattern matches, per the pattern's joins,
+/// keeping only the longest of nested matches.
+fn combine(pattern: &Pattern, group: &[(Owner, u16, Range<usize>)]) -> Vec<Range<usize>> {
+    let piece_spans = |p: u16| group.iter().filter(move |g| g.1 == p).map(|g| g.2.clone());
+    let mut matches: Vec<Range<usize>> = Vec::new();
+    'first: for first in piece_spans(0) {
+        let mut whole = first.clone();
+        let mut last = first;
+        for (i, join) in pattern.joins.iter().enumerate() {
+            let next = piece_spans(i as u16 + 1)
+                .filter(|s| match *join {
+                    Join::FollowedWithin(gap) => {
+                        s.start >= last.end && s.start - last.end <= gap as usize
+                    }
+                    Join::NearWithin(gap) => {
+                        (s.end <= last.start || s.start >= last.end)
+                            && token_gap(s, &last) <= gap as usize
+                    }
+                })
+                .min_by_key(|s| token_gap(s, &last));
+            let Some(next) = next else { continue 'first };
+            whole = whole.start.min(next.start)..whole.end.max(next.end);
+            last = next;
+        }
+        matches.push(whole);
+    }
+    // Keep the longest: drop a match contained in another (殺す inside ぶっ殺す).
+    let all = matches.clone();
+    matches.retain(|m| {
+        !all.iter().any(|o| o != m && o.start <= m.start && m.end <= o.end)
+    });
+    matches.sort_by_key(|m| (m.start, m.end));
+    matches.dedup();
+    matches
+}
+
+/// The key under which a word's base form enters the vocabulary.
+///
+/// Kana are folded to hiragana. IPADIC reads a godan imperative sometimes as that verb
+/// (謝れ → 謝る) and sometimes as its potential form (謝れよ → 謝れる, 死ね → 死ねる), depending
+/// on the words around it, so a verb whose base form ends in an e-row kana + る is keyed by
+/// the godan verb it derives from (謝れる → 謝る, ころせる → ころす). The same function keys
+/// patterns and live text, so it only has to be consistent, not linguistically exact (食べる
+/// becomes 食ぶ on both sides).
+fn lemma_key(base_form: &str, part_of_speech: &str) -> String {
+    const E_TO_U: [(char, char); 13] = [
+        ('え', 'う'), ('け', 'く'), ('せ', 'す'), ('て', 'つ'), ('ね', 'ぬ'), ('へ', 'ふ'),
+        ('め', 'む'), ('れ', 'る'), ('げ', 'ぐ'), ('ぜ', 'ず'), ('で', 'づ'), ('べ', 'ぶ'),
+        ('ぺ', 'ぷ'),
+    ];
+    let folded = fold_kana(base_form).into_owned();
+    if part_of_speech != "動詞" {
+        return folded;
+    }
+    let mut chars: Vec<char> = folded.chars().collect();
+    if chars.len() >= 3 && chars[chars.len() - 1] == 'る' {
+        let e = chars[chars.len() - 2];
+        if let Some(&(_, u)) = E_TO_U.iter().find(|(from, _)| *from == e) {
+            chars.pop();
+            let last = chars.len() - 1;
+            chars[last] = u;
+            return chars.into_iter().collect();
+        }
+    }
+    folded
+}
+
+/// One word of a pattern: its vocabulary key and the key of its base form's reading, which
+/// lets kana spellings (ころす, コロス) share the id of the kanji word (殺す).
+#[derive(Debug, Clone)]
+struct PatternWord {
+    key: String,
+    alias: Option<String>,
+    reading: String,
+}
+
+/// Turns pattern alternatives into automaton strings, sharing identical strings.
+///
+/// Two passes: first every alternative is tokenised and the vocabulary built (keys joined with
+/// their reading aliases, so the order of entries does not matter), then every alternative is
+/// encoded with the final ids.
+struct Compiler<'a> {
+    segmenter: &'a JapaneseSegmenter,
+    /// Union-find over vocabulary keys: `parent[i]`, with `keys` naming each slot.
+    parent: Vec<usize>,
+    slots: HashMap<String, usize>,
+    patterns: Vec<(String, Vec<Target>)>,
+    index: HashMap<String, usize>,
+}
+
+/// A tokenised alternative waiting for its ids.
+struct Pending {
+    target: Target,
+    words: Vec<PatternWord>,
+}
+
+impl<'a> Compiler<'a> {
+    fn new(segmenter: &'a JapaneseSegmenter) -> Self {
+        Self {
+            segmenter,
+            parent: Vec::new(),
+            slots: HashMap::new(),
+            patterns: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    fn slot(&mut self, key: &str) -> usize {
+        if let Some(&s) = self.slots.get(key) {
+            return s;
+        }
+        let s = self.parent.len();
+        self.parent.push(s);
+        self.slots.insert(key.to_owned(), s);
+        s
+    }
+
+    fn root(&mut self, mut s: usize) -> usize {
+        while self.parent[s] != s {
+            self.parent[s] = self.parent[self.parent[s]];
+            s = self.parent[s];
+        }
+        s
+    }
+
+    fn union(&mut self, a: &str, b: &str) {
+        let (ra, rb) = (self.slot(a), self.slot(b));
+        let (ra, rb) = (self.root(ra), self.root(rb));
+        if ra != rb {
+            self.parent[rb] = ra;
+        }
+    }
+
+    /// Tokenises every alternative of `pattern`.
+    fn tokenise(
+        &mut self,
+        owner: Owner,
+        pattern: &Pattern,
+        origin: &Origin,
+        pending: &mut Vec<Pending>,
+    ) -> Result<(), DictionaryError> {
+        for (piece, alternatives) in pattern.pieces.iter().enumerate() {
+            let target = Target { owner, piece: piece as u16 };
+            for alternative in alternatives {
+                let words = self.words(alternative, origin)?;
+                for w in &words {
+                    self.slot(&w.key);
+                    if let Some(alias) = &w.alias {
+                        self.union(&w.key.clone(), &alias.clone());
+                    }
+                }
+                pending.push(Pending { target, words });
+            }
+        }
+        Ok(())
+    }
+
+    fn words(&self, text: &str, origin: &Origin) -> Result<Vec<PatternWord>, DictionaryError> {
+        let normalized = normalize(text);
+        let tokenise_error =
+            |source| DictionaryError::Tokenise { origin: origin.clone(), source };
+        // (key, base form, part of speech, reading) per word.
+        let mut raw: Vec<(String, String, String, String)> = Vec::new();
+        self.segmenter
+            .for_each_word(normalized.as_str(), |w| {
+                raw.push((
+                    lemma_key(w.base_form, w.part_of_speech),
+                    w.base_form.to_owned(),
+                    w.part_of_speech.to_owned(),
+                    fold_kana(w.reading).into_owned(),
+                ));
+            })
+            .map_err(tokenise_error)?;
+        if raw.is_empty() {
+            return Err(DictionaryError::EmptyPattern {
+                origin: origin.clone(),
+                pattern: text.to_owned(),
+            });
+        }
+        let mut words = Vec::with_capacity(raw.len());
+        for (key, base, pos, reading) in raw {
+            // The reading of the base form itself (殺す → ころす), read by tokenising it alone.
+            let mut alias = None;
+            let mut count = 0;
+            self.segmenter
+                .for_each_word(&base, |w| {
+                    count += 1;
+                    alias = Some(lemma_key(&fold_kana(w.reading), &pos));
+                })
+                .map_err(tokenise_error)?;
+            let alias = alias.filter(|a| count == 1 && *a != key);
+            words.push(PatternWord { key, alias, reading });
+        }
+        Ok(words)
+    }
+
+    /// Assigns final ids: one per union-find root, 1-based (0 is "not in any pattern").
+    fn vocabulary(&mut self) -> Result<HashMap<String, u32>, usize> {
+        let mut root_ids: HashMap<usize, u32> = HashMap::new();
+        let mut vocabulary = HashMap::with_capacity(self.slots.len());
+        let keys: Vec<(String, usize)> = self.slots.iter().map(|(k, &s)| (k.clone(), s)).collect();
+        for (key, slot) in keys {
+            let root = self.root(slot);
+            let next = root_ids.len() as u32 + 1;
+            let id = *root_ids.entry(root).or_insert(next);
+            if id as usize > MAX_VOCABULARY {
+                return Err(MAX_VOCABULARY);
+            }
+            vocabulary.insert(key, id);
+        }
+        Ok(vocabulary)
+    }
+
+    fn encode(&mut self, pending: Pending, vocabulary: &HashMap<String, u32>) {
+        let mut lemmas = String::new();
+        let mut reading = String::new();
+        for w in &pending.words {
+            // Invariant: every pattern key was given a slot in `tokenise`.
+            lemmas.push(lemma_char(vocabulary[&w.key]));
+            reading.push_str(&w.reading);
+        }
+        self.push(lemmas, pending.target);
+        if reading.chars().count() >= MIN_READING_CHARS {
+            self.push(reading, pending.target);
+        }
+    }
+
+    fn push(&mut self, string: String, target: Target) {
+        match self.index.get(&string) {
+            Some(&i) => self.patterns[i].1.push(target),
+            None => {
+                self.index.insert(string.clone(), self.patterns.len());
+                self.patterns.push((string, vec![target]));
+            }
+        }
+    }
+}

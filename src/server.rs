@@ -1,0 +1,140 @@
+//! The server: loads the lexicon, wires the gRPC services, serves until shutdown, then drains.
+//!
+//! `run` takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0`, learn the
+//! port before the server starts, and stop it with a oneshot or token (mini-redis's shape).
+//!
+//! Shutdown sequence: the shutdown future resolves → health turns NOT_SERVING → the root token
+//! is cancelled (open streams end with UNAVAILABLE, the listener stops accepting) → wait for
+//! the stream tasks, all within `shutdown_grace`; a timeout is logged, not hung on (open
+//! streams could otherwise hold the process, tonic#1820).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::alert::{AlertHub, AlertIds};
+use crate::config::Config;
+use crate::dictionary::{DictionaryError, Lexicon};
+use crate::grpc::alerts::Alerts;
+use crate::grpc::screening::Screening;
+use crate::pb;
+use crate::pb::alert_service_server::AlertServiceServer;
+use crate::pb::screening_service_server::ScreeningServiceServer;
+use crate::pipeline::Pipeline;
+use crate::pipeline::matcher::Matcher;
+use crate::pipeline::segment::JapaneseSegmenter;
+
+/// State shared by every handler.
+#[derive(Debug)]
+pub struct Shared {
+    /// The screening pipeline.
+    pub pipeline: Pipeline,
+    /// Alert fan-out to supervisors.
+    pub hub: AlertHub,
+    /// Alert id source.
+    pub alert_ids: AlertIds,
+    /// Cancelled when the server starts draining.
+    pub shutdown: CancellationToken,
+    /// Every stream task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The lexicon failed to load or compile.
+    #[error("cannot load the lexicon")]
+    Dictionary(#[from] DictionaryError),
+    /// The tokeniser's dictionary failed to load.
+    #[error("cannot load the tokeniser dictionary")]
+    Segmenter(#[from] crate::pipeline::segment::SegmentError),
+    /// The listener or the transport failed.
+    #[error("transport error")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not read our descriptors (a build problem).
+    #[error("cannot build the reflection service")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Loads the lexicon in `config` and builds the pipeline.
+///
+/// # Errors
+/// Lexicon files that are missing or invalid (each problem with file:line), or a tokeniser
+/// failure.
+pub fn load_pipeline(config: &Config) -> Result<Pipeline, ServerError> {
+    let started = Instant::now();
+    let lexicon = Lexicon::load_dir(&config.lexicon_dir)?;
+    let matcher = Matcher::build(lexicon, JapaneseSegmenter::try_new()?)?;
+    tracing::info!(
+        entries = matcher.entries().len(),
+        patterns = matcher.pattern_count(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "lexicon loaded"
+    );
+    Ok(Pipeline::new(matcher))
+}
+
+/// Serves the screening and alert services (plus health and reflection) on `listener` until
+/// `shutdown` resolves, then drains.
+///
+/// # Errors
+/// A lexicon that fails to load, or a transport failure.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let pipeline = load_pipeline(&config)?;
+    let token = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        pipeline,
+        hub: AlertHub::new(config.alert_buffer),
+        alert_ids: AlertIds::default(),
+        shutdown: token.clone(),
+        tasks: TaskTracker::new(),
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ScreeningServiceServer<Screening>>().await;
+    health.set_serving::<AlertServiceServer<Alerts>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let drain = {
+        let token = token.clone();
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: health NOT_SERVING, draining streams");
+            health.set_not_serving::<ScreeningServiceServer<Screening>>().await;
+            health.set_not_serving::<AlertServiceServer<Alerts>>().await;
+            token.cancel();
+        }
+    };
+    tokio::spawn(drain);
+
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "serving");
+    }
+    let serve = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ScreeningServiceServer::new(Screening::new(Arc::clone(&shared))))
+        .add_service(AlertServiceServer::new(Alerts::new(Arc::clone(&shared))))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), token.clone().cancelled_owned());
+    serve.await?;
+
+    shared.tasks.close();
+    if tokio::time::timeout(config.shutdown_grace, shared.tasks.wait()).await.is_err() {
+        tracing::warn!(grace = ?config.shutdown_grace, "streams still open after the grace period");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
