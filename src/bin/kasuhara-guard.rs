@@ -111,8 +111,11 @@ fn init_logging(format: LogFormat) {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve { addr, lexicon, shutdown_grace } => {
-            let config = Config { lexicon_dir: lexicon.lexicon_dir, shutdown_grace, ..Config::default() };
-            let listener = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            let config =
+                Config { lexicon_dir: lexicon.lexicon_dir, shutdown_grace, ..Config::default() };
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
             server::run(listener, config, shutdown::signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -130,7 +133,8 @@ fn screen(input: Option<PathBuf>, lexicon_dir: PathBuf) -> anyhow::Result<ExitCo
     let pipeline = server::load_pipeline(&config)?;
     let reader: Box<dyn BufRead> = match input {
         Some(path) if path.as_os_str() != "-" => Box::new(std::io::BufReader::new(
-            std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?,
+            std::fs::File::open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?,
         )),
         _ => Box::new(std::io::stdin().lock()),
     };
@@ -157,8 +161,12 @@ fn screen(input: Option<PathBuf>, lexicon_dir: PathBuf) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-fn screen_line(pipeline: &kasuhara_guard::pipeline::Pipeline, line: &str) -> Result<serde_json::Value, String> {
-    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+fn screen_line(
+    pipeline: &kasuhara_guard::pipeline::Pipeline,
+    line: &str,
+) -> Result<serde_json::Value, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
     let text = value.get("text").and_then(|t| t.as_str()).ok_or("missing string field \"text\"")?;
     let speaker = value.get("speaker").and_then(|s| s.as_str()).unwrap_or("customer");
     check_text("text", text).map_err(|e| e.to_string())?;
@@ -208,34 +216,33 @@ async fn run_eval(
             (format!("http://{local_addr}"), Some((stop, handle)))
         }
     };
-    let mut client = connect_when_ready(&endpoint, local.as_ref().map(|(_, h)| h)).await?;
-    let utterances = client::replay_utterances(&mut client, &corpus, "eval").await?;
-    let conversations = client::replay_conversations(&mut client, &corpus, "eval").await?;
+    let replay = async {
+        let mut client = client::connect(&endpoint).await?;
+        let utterances = client::replay_utterances(&mut client, &corpus, "eval").await?;
+        let conversations = client::replay_conversations(&mut client, &corpus, "eval").await?;
+        Ok::<_, client::ReplayError>((utterances, conversations))
+    };
+    let replayed = replay.await;
+    let (utterances, conversations) = match (replayed, local) {
+        (Ok(outcomes), Some((stop, handle))) => {
+            let _ = stop.send(());
+            handle.await??;
+            outcomes
+        }
+        (Ok(outcomes), None) => outcomes,
+        // When the in-process server failed (a broken lexicon, say), its error is the one
+        // worth showing, not the transport error the client saw.
+        (Err(e), Some((_, handle))) if handle.is_finished() => {
+            handle.await??;
+            return Err(e.into());
+        }
+        (Err(e), _) => return Err(e.into()),
+    };
     let report = eval::score(&corpus, &utterances, &conversations);
     if json_output {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("{report}");
     }
-    if let Some((stop, handle)) = local {
-        let _ = stop.send(());
-        handle.await??;
-    }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Connects, retrying while an in-process server is still loading its lexicon; gives up at once
-/// if that server has already failed.
-async fn connect_when_ready(
-    endpoint: &str,
-    local: Option<&tokio::task::JoinHandle<Result<(), server::ServerError>>>,
-) -> anyhow::Result<kasuhara_guard::pb::screening_service_client::ScreeningServiceClient<tonic::transport::Channel>> {
-    // The listener is bound before the server task starts, so connecting succeeds at once; the
-    // first call waits while the lexicon loads. Only a dead server task needs handling here.
-    if let Some(handle) = local
-        && handle.is_finished()
-    {
-        anyhow::bail!("the in-process server stopped before screening started");
-    }
-    Ok(client::connect(endpoint).await?)
 }

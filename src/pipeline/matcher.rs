@@ -132,18 +132,25 @@ impl Matcher {
     /// # Errors
     /// A pattern that normalises to nothing, a vocabulary too large for the encoding, a
     /// tokeniser failure, or an automaton build error.
-    pub fn build(lexicon: Lexicon, segmenter: JapaneseSegmenter) -> Result<Matcher, DictionaryError> {
+    pub fn build(
+        lexicon: Lexicon,
+        segmenter: JapaneseSegmenter,
+    ) -> Result<Matcher, DictionaryError> {
         let mut compiler = Compiler::new(&segmenter);
         let mut pending = Vec::new();
         for (i, entry) in lexicon.entries.iter().enumerate() {
-            compiler.tokenise(Owner::Entry(i as u32), &entry.pattern, &entry.origin, &mut pending)?;
+            compiler.tokenise(
+                Owner::Entry(i as u32),
+                &entry.pattern,
+                &entry.origin,
+                &mut pending,
+            )?;
         }
         for (i, rule) in lexicon.rules.iter().enumerate() {
             compiler.tokenise(Owner::Rule(i as u32), &rule.pattern, &rule.origin, &mut pending)?;
         }
-        let vocabulary = compiler
-            .vocabulary()
-            .map_err(|limit| DictionaryError::VocabularyFull { limit })?;
+        let vocabulary =
+            compiler.vocabulary().map_err(|limit| DictionaryError::VocabularyFull { limit })?;
         for p in pending {
             compiler.encode(p, &vocabulary);
         }
@@ -153,7 +160,9 @@ impl Matcher {
             .match_kind(MatchKind::Standard)
             .build(&strings)
             .map_err(DictionaryError::Build)?;
-        Ok(Matcher { inner: Arc::new(Inner { automaton, targets, vocabulary, lexicon, segmenter }) })
+        Ok(Matcher {
+            inner: Arc::new(Inner { automaton, targets, vocabulary, lexicon, segmenter }),
+        })
     }
 
     /// The entries, indexed by [`Hit::entry`].
@@ -214,8 +223,7 @@ impl Matcher {
                 // Each token is one 4-byte scalar in the base-form layer.
                 m.start() / 4..m.end() / 4
             } else if m.start() >= reading_offset {
-                match align_reading(&tokens, m.start() - reading_offset, m.end() - reading_offset)
-                {
+                match align_reading(&tokens, m.start() - reading_offset, m.end() - reading_offset) {
                     Some(span) => span,
                     None => continue,
                 }
@@ -226,7 +234,7 @@ impl Matcher {
                 pieces.push((t.owner, t.piece, span.clone()));
             }
         }
-        pieces.sort_by(|a, b| (a.0, a.1, a.2.start, a.2.end).cmp(&(b.0, b.1, b.2.start, b.2.end)));
+        pieces.sort_by_key(|p| (p.0, p.1, p.2.start, p.2.end));
         pieces.dedup();
 
         let mut entry_spans: Vec<(usize, Range<usize>)> = Vec::new();
@@ -261,7 +269,9 @@ impl Matcher {
             let silencer = rule_spans.iter().find(|(r, rs)| {
                 let rule = &rules[*r];
                 match rule.kind {
-                    RuleKind::Allow | RuleKind::Legit => rs.start <= span.start && span.end <= rs.end,
+                    RuleKind::Allow | RuleKind::Legit => {
+                        rs.start <= span.start && span.end <= rs.end
+                    }
                     RuleKind::Negation => {
                         !entry.flags.no_negate
                             && rs.start >= span.end
@@ -303,13 +313,7 @@ impl Matcher {
 
 /// Tokens strictly between two spans; 0 when they touch or overlap.
 fn token_gap(a: &Range<usize>, b: &Range<usize>) -> usize {
-    if a.end <= b.start {
-        b.start - a.end
-    } else if b.end <= a.start {
-        a.start - b.end
-    } else {
-        0
-    }
+    if a.end <= b.start { b.start - a.end } else { a.start.saturating_sub(b.end) }
 }
 
 /// Maps a reading-layer hit to a token span, if it starts and ends on token edges and does
@@ -350,9 +354,7 @@ fn combine(pattern: &Pattern, group: &[(Owner, u16, Range<usize>)]) -> Vec<Range
     }
     // Keep the longest: drop a match contained in another (殺す inside ぶっ殺す).
     let all = matches.clone();
-    matches.retain(|m| {
-        !all.iter().any(|o| o != m && o.start <= m.start && m.end <= o.end)
-    });
+    matches.retain(|m| !all.iter().any(|o| o != m && o.start <= m.start && m.end <= o.end));
     matches.sort_by_key(|m| (m.start, m.end));
     matches.dedup();
     matches
@@ -368,8 +370,18 @@ fn combine(pattern: &Pattern, group: &[(Owner, u16, Range<usize>)]) -> Vec<Range
 /// becomes 食ぶ on both sides).
 fn lemma_key(base_form: &str, part_of_speech: &str) -> String {
     const E_TO_U: [(char, char); 13] = [
-        ('え', 'う'), ('け', 'く'), ('せ', 'す'), ('て', 'つ'), ('ね', 'ぬ'), ('へ', 'ふ'),
-        ('め', 'む'), ('れ', 'る'), ('げ', 'ぐ'), ('ぜ', 'ず'), ('で', 'づ'), ('べ', 'ぶ'),
+        ('え', 'う'),
+        ('け', 'く'),
+        ('せ', 'す'),
+        ('て', 'つ'),
+        ('ね', 'ぬ'),
+        ('へ', 'ふ'),
+        ('め', 'む'),
+        ('れ', 'る'),
+        ('げ', 'ぐ'),
+        ('ぜ', 'ず'),
+        ('で', 'づ'),
+        ('べ', 'ぶ'),
         ('ぺ', 'ぷ'),
     ];
     let folded = fold_kana(base_form).into_owned();
@@ -481,8 +493,7 @@ impl<'a> Compiler<'a> {
 
     fn words(&self, text: &str, origin: &Origin) -> Result<Vec<PatternWord>, DictionaryError> {
         let normalized = normalize(text);
-        let tokenise_error =
-            |source| DictionaryError::Tokenise { origin: origin.clone(), source };
+        let tokenise_error = |source| DictionaryError::Tokenise { origin: origin.clone(), source };
         // (key, base form, part of speech, reading) per word.
         let mut raw: Vec<(String, String, String, String)> = Vec::new();
         self.segmenter

@@ -78,7 +78,8 @@ impl Pipeline {
             .find(normalized.as_str())
             .map_err(|e| ScreenError::Internal(e.to_string()))?;
         let mut by_category: BTreeMap<Category, Detection> = BTreeMap::new();
-        let original: Vec<char> = if findings.hits.is_empty() { Vec::new() } else { text.chars().collect() };
+        let original: Vec<char> =
+            if findings.hits.is_empty() { Vec::new() } else { text.chars().collect() };
         for hit in findings.hits {
             let entry = &self.matcher.entries()[hit.entry];
             let span = normalized.original_chars(hit.bytes.clone());
@@ -100,7 +101,11 @@ impl Pipeline {
                 evidence: Vec::new(),
             });
             detection.severity = detection.severity.max(hit.severity);
-            if !detection.evidence.iter().any(|e| e.start == evidence.start && e.end == evidence.end) {
+            if !detection
+                .evidence
+                .iter()
+                .any(|e| e.start == evidence.start && e.end == evidence.end)
+            {
                 detection.evidence.push(evidence);
             }
         }

@@ -151,7 +151,9 @@ mod tests {
     /// Every non-space byte is covered exactly once: segments concatenate back to the input.
     #[test]
     fn words_concatenate_back() {
-        for text in ["おいてめえぶっ殺すぞ", "土下座しろよ", "テレビが映らないんですけど", "abc 123"] {
+        for text in
+            ["おいてめえぶっ殺すぞ", "土下座しろよ", "テレビが映らないんですけど", "abc 123"]
+        {
             let joined: String = words(text).into_iter().map(|(s, _, _)| s).collect();
             assert_eq!(joined, text.replace(' ', ""), "help: segmenting {text:?}");
         }
