@@ -17,7 +17,7 @@ use crate::pipeline::Evidence;
 use crate::policy::{Category, Severity};
 
 /// One alert raised for one segment of one conversation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Alert {
     /// Opaque unique id.
     pub alert_id: String,
@@ -39,6 +39,69 @@ pub struct Alert {
     pub evidence: Vec<Evidence>,
     /// When it was raised.
     pub created_at: SystemTime,
+    /// Confirmed, provisional or retracted.
+    pub status: AlertStatus,
+    /// The alert this one escalates (same category, lower severity), if any.
+    pub previous_alert_id: Option<String>,
+    /// The conversation's risk score after this alert, in [0, 1].
+    pub risk_score: f64,
+}
+
+/// Where an alert stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AlertStatus {
+    /// Raised from final text.
+    Confirmed,
+    /// Raised from an interim hypothesis, awaiting the final text.
+    Provisional,
+    /// A provisional alert the final text did not bear out.
+    Retracted,
+}
+
+/// What a conversation amounted to, when it ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// The conversation.
+    pub conversation_id: String,
+    /// Its tenant.
+    pub tenant_id: String,
+    /// Its queue.
+    pub queue: String,
+    /// Categories alerted (confirmed), in policy order.
+    pub categories: Vec<Category>,
+    /// The highest confirmed severity.
+    pub peak_severity: Option<Severity>,
+    /// Confirmed alert ids, in order.
+    pub alert_ids: Vec<String>,
+    /// First segment start to last segment end, in ms.
+    pub duration_ms: u64,
+    /// Segments received.
+    pub segments: u64,
+    /// Final risk score.
+    pub risk_score: f64,
+    /// "end", "closed" or "idle".
+    pub reason: &'static str,
+}
+
+/// One event for supervisors.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HubEvent {
+    /// A new alert (confirmed or provisional).
+    Alert(Arc<Alert>),
+    /// A provisional alert confirmed or retracted by the segment `seq`.
+    Update(Arc<Alert>, u64),
+    /// A conversation ended.
+    Summary(Arc<Summary>),
+}
+
+impl HubEvent {
+    /// The tenant the event belongs to.
+    pub fn tenant_id(&self) -> &str {
+        match self {
+            HubEvent::Alert(a) | HubEvent::Update(a, _) => &a.tenant_id,
+            HubEvent::Summary(s) => &s.tenant_id,
+        }
+    }
 }
 
 /// Makes alert ids that are unique within a process and unlikely to repeat across restarts:
@@ -51,7 +114,8 @@ pub struct AlertIds {
 
 impl Default for AlertIds {
     fn default() -> Self {
-        let epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let epoch =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
         Self { epoch, next: AtomicU64::new(1) }
     }
 }
@@ -68,7 +132,7 @@ impl AlertIds {
 /// Fan-out of alerts from screening to every subscriber.
 #[derive(Debug, Clone)]
 pub struct AlertHub {
-    sender: broadcast::Sender<Arc<Alert>>,
+    sender: broadcast::Sender<HubEvent>,
 }
 
 impl AlertHub {
@@ -78,14 +142,14 @@ impl AlertHub {
         Self { sender }
     }
 
-    /// Publishes an alert to every current subscriber; never waits.
-    pub fn publish(&self, alert: Arc<Alert>) {
+    /// Publishes an event to every current subscriber; never waits.
+    pub fn publish(&self, event: HubEvent) {
         // An error only means nobody is subscribed right now, which is normal.
-        let _ = self.sender.send(alert);
+        let _ = self.sender.send(event);
     }
 
-    /// A new subscription that sees alerts published from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Alert>> {
+    /// A new subscription that sees events published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
         self.sender.subscribe()
     }
 }
@@ -108,6 +172,14 @@ impl AlertFilter {
             && self.min_severity.is_none_or(|min| alert.severity >= min)
             && (self.categories.is_empty() || self.categories.contains(&alert.category))
     }
+
+    /// Whether `event` passes the filter; summaries pass on tenant alone.
+    pub fn accepts_event(&self, event: &HubEvent) -> bool {
+        match event {
+            HubEvent::Alert(a) | HubEvent::Update(a, _) => self.accepts(a),
+            HubEvent::Summary(s) => s.tenant_id == self.tenant_id,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -126,6 +198,9 @@ mod tests {
             severity,
             evidence: Vec::new(),
             created_at: SystemTime::UNIX_EPOCH,
+            status: AlertStatus::Confirmed,
+            previous_alert_id: None,
+            risk_score: 0.0,
         }
     }
 
@@ -152,12 +227,13 @@ mod tests {
     #[tokio::test]
     async fn hub_fans_out() {
         let hub = AlertHub::new(8);
-        hub.publish(Arc::new(alert("t1", Category::Attack, Severity::High)));
+        hub.publish(HubEvent::Alert(Arc::new(alert("t1", Category::Attack, Severity::High))));
         let mut a = hub.subscribe();
         let mut b = hub.subscribe();
-        hub.publish(Arc::new(alert("t1", Category::Dogeza, Severity::High)));
-        assert_eq!(a.recv().await.expect("a").category, Category::Dogeza);
-        assert_eq!(b.recv().await.expect("b").category, Category::Dogeza);
+        let dogeza = HubEvent::Alert(Arc::new(alert("t1", Category::Dogeza, Severity::High)));
+        hub.publish(dogeza.clone());
+        assert_eq!(a.recv().await.expect("a"), dogeza);
+        assert_eq!(b.recv().await.expect("b"), dogeza);
     }
 
     /// Ids never repeat within a process.

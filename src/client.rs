@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
-use crate::eval::{ConversationCase, Corpus, ConversationOutcome, Raised, UtteranceOutcome};
+use crate::eval::{ConversationCase, ConversationOutcome, Corpus, Raised, UtteranceOutcome};
 use crate::grpc::{category_from_pb, severity_from_pb};
 use crate::pb;
 use crate::pb::screening_service_client::ScreeningServiceClient;
@@ -72,7 +72,7 @@ impl Progress {
     }
 
     fn tick(&self, done: usize) {
-        if self.enabled && (done % 25 == 0 || done == self.total) {
+        if self.enabled && (done.is_multiple_of(25) || done == self.total) {
             eprint!("\r{} {done}/{}", self.label, self.total);
             if done == self.total {
                 eprintln!();
@@ -159,6 +159,7 @@ async fn replay_conversation(
             customer_id: case.customer_id.clone(),
             queue: String::new(),
             agent_id: String::new(),
+            started_at: None,
         })),
     }];
     requests.extend(case.segments.iter().map(|s| pb::ScreenRequest {
@@ -174,6 +175,8 @@ async fn replay_conversation(
     requests.push(pb::ScreenRequest { kind: Some(Kind::End(pb::ConversationEnd {})) });
     let mut responses =
         client.screen(tokio_stream::iter(requests)).await.map_err(call_error)?.into_inner();
+    // Confirmed alerts only: provisional ones count once a final confirms them (they then
+    // appear in that final's verdict), and retracted ones never.
     let mut raised_alerts = Vec::new();
     while let Some(response) = responses.next().await {
         if let Some(pb::screen_response::Kind::Verdict(v)) = response.map_err(call_error)?.kind {

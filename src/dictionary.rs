@@ -63,7 +63,9 @@ impl Pattern {
             let join = part
                 .strip_prefix('~')
                 .map(|n| (n, Join::FollowedWithin as fn(u8) -> Join))
-                .or_else(|| part.strip_prefix('&').map(|n| (n, Join::NearWithin as fn(u8) -> Join)));
+                .or_else(|| {
+                    part.strip_prefix('&').map(|n| (n, Join::NearWithin as fn(u8) -> Join))
+                });
             match join {
                 Some((n, make)) => {
                     if expect_piece {
@@ -81,8 +83,9 @@ impl Pattern {
                     if !expect_piece {
                         // Two phrases separated by a space are one phrase: Japanese has no
                         // spaces, and the normaliser would remove it anyway.
-                        let last: &mut Vec<String> =
-                            pieces.last_mut().expect("a piece was pushed before expect_piece=false");
+                        let last: &mut Vec<String> = pieces
+                            .last_mut()
+                            .expect("a piece was pushed before expect_piece=false");
                         return Err(format!(
                             "{part:?} follows {:?} without a join; write ~N or &N between pieces",
                             last.last().map(String::as_str).unwrap_or("")
@@ -114,6 +117,9 @@ pub struct Flags {
     pub target: bool,
     /// Negation markers do not defuse this entry.
     pub no_negate: bool,
+    /// The entry raises no alert of its own; it only counts its family toward PERSISTENCE
+    /// (a demand that is legitimate once, 今日来てください, but not the fifth time).
+    pub track: bool,
 }
 
 /// One lexicon entry: a kind of harassment and the phrases that express it.
@@ -379,17 +385,18 @@ fn parse_rule(fields: &[&str], origin: Origin) -> Result<ContextRule, String> {
         ));
     };
     let kind = RuleKind::parse(kind).ok_or_else(|| {
-        format!("unknown rule kind {kind:?} (expected negation, hypothetical, target, allow, legit)")
+        format!(
+            "unknown rule kind {kind:?} (expected negation, hypothetical, target, allow, legit)"
+        )
     })?;
-    let window = if kind.takes_window() {
-        window
-            .parse::<u8>()
-            .ok()
-            .filter(|w| *w <= MAX_GAP)
-            .ok_or_else(|| format!("window {window:?} must be a number of tokens 0..={MAX_GAP}"))?
-    } else {
-        0
-    };
+    let window =
+        if kind.takes_window() {
+            window.parse::<u8>().ok().filter(|w| *w <= MAX_GAP).ok_or_else(|| {
+                format!("window {window:?} must be a number of tokens 0..={MAX_GAP}")
+            })?
+        } else {
+            0
+        };
     Ok(ContextRule {
         id: parse_id(id)?,
         kind,
@@ -403,7 +410,11 @@ fn parse_rule(fields: &[&str], origin: Origin) -> Result<ContextRule, String> {
 fn parse_id(id: &str) -> Result<String, String> {
     let ok = !id.is_empty()
         && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-    if ok { Ok(id.to_owned()) } else { Err(format!("id {id:?} must be lower-case ASCII [a-z0-9._-]")) }
+    if ok {
+        Ok(id.to_owned())
+    } else {
+        Err(format!("id {id:?} must be lower-case ASCII [a-z0-9._-]"))
+    }
 }
 
 fn parse_flags(flags: &str) -> Result<Flags, String> {
@@ -415,7 +426,12 @@ fn parse_flags(flags: &str) -> Result<Flags, String> {
         match flag {
             "target" => out.target = true,
             "no-negate" => out.no_negate = true,
-            other => return Err(format!("unknown flag {other:?} (expected target, no-negate or -)")),
+            "track" => out.track = true,
+            other => {
+                return Err(format!(
+                    "unknown flag {other:?} (expected target, no-negate, track or -)"
+                ));
+            }
         }
     }
     Ok(out)
@@ -500,7 +516,8 @@ mod tests {
         assert_eq!(lex.rules[0].kind, RuleKind::Negation);
         assert_eq!(lex.rules[0].window, 3);
         assert_eq!(lex.rules[1].kind, RuleKind::Allow);
-        let err = parse("context.tsv", "neg.b\tnegation\tfar\tないよ\tr\n").expect_err("bad window");
+        let err =
+            parse("context.tsv", "neg.b\tnegation\tfar\tないよ\tr\n").expect_err("bad window");
         assert!(err.to_string().contains("window \"far\""), "help: {err}");
     }
 

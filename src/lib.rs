@@ -26,6 +26,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod alert;
+pub mod callers;
 pub mod client;
 pub mod config;
 pub mod conversation;
@@ -44,5 +45,6 @@ pub mod pb {
     tonic::include_proto!("kasuhara.v1");
 
     /// The encoded descriptors of the API, for the reflection service.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kasuhara_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("kasuhara_descriptor");
 }

@@ -161,7 +161,9 @@ impl Severity {
         match self {
             Severity::Low => "monitor: 記録して様子を見る",
             Severity::Medium => "supervisor attention: 責任者が通話を確認する",
-            Severity::High => "supervisor takes over or warns the customer: 責任者が交代または警告する",
+            Severity::High => {
+                "supervisor takes over or warns the customer: 責任者が交代または警告する"
+            }
             Severity::Critical => {
                 "end the conversation and involve legal or police: 対応を終了し弁護士・警察と連携する"
             }

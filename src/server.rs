@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::alert::{AlertHub, AlertIds};
-use crate::config::Config;
+use crate::callers::CallerHistory;
+use crate::config::{Config, PolicySet};
 use crate::dictionary::{DictionaryError, Lexicon};
 use crate::grpc::alerts::Alerts;
 use crate::grpc::screening::Screening;
@@ -38,6 +39,10 @@ pub struct Shared {
     pub hub: AlertHub,
     /// Alert id source.
     pub alert_ids: AlertIds,
+    /// Repeat-caller history across conversations.
+    pub callers: CallerHistory,
+    /// Per-tenant policy.
+    pub policy: PolicySet,
     /// Cancelled when the server starts draining.
     pub shutdown: CancellationToken,
     /// Every stream task, so shutdown can wait for them.
@@ -95,6 +100,8 @@ pub async fn run(
         pipeline,
         hub: AlertHub::new(config.alert_buffer),
         alert_ids: AlertIds::default(),
+        callers: CallerHistory::default(),
+        policy: config.policy.clone(),
         shutdown: token.clone(),
         tasks: TaskTracker::new(),
     });
@@ -128,7 +135,10 @@ pub async fn run(
         .add_service(reflection)
         .add_service(ScreeningServiceServer::new(Screening::new(Arc::clone(&shared))))
         .add_service(AlertServiceServer::new(Alerts::new(Arc::clone(&shared))))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), token.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            token.clone().cancelled_owned(),
+        );
     serve.await?;
 
     shared.tasks.close();

@@ -44,10 +44,17 @@ async fn subscriber_sees_alerts_of_its_tenant_only() {
 
     let mut producer = server.screening().await;
     // Another tenant first: its alert must not arrive.
-    let other = producer.screen(tokio_stream::iter(conversation("tenant-b", "b-1", &["土下座しろ"]))).await.expect("b");
+    let other = producer
+        .screen(tokio_stream::iter(conversation("tenant-b", "b-1", &["土下座しろ"])))
+        .await
+        .expect("b");
     let _: Vec<_> = other.into_inner().collect().await;
     let ours = producer
-        .screen(tokio_stream::iter(conversation("tenant-a", "a-1", &["すみません", "土下座して謝れ"])))
+        .screen(tokio_stream::iter(conversation(
+            "tenant-a",
+            "a-1",
+            &["すみません", "土下座して謝れ"],
+        )))
         .await
         .expect("a");
     let verdicts: Vec<_> = ours.into_inner().collect().await;

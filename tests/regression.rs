@@ -23,8 +23,10 @@ async fn dev_corpus_meets_floors() {
     let corpus = eval::load_corpus(&dir).expect("dev corpus loads");
     let server = start_server(shipped_config()).await;
     let mut screening = client::connect(&server.endpoint()).await.expect("connect");
-    let utterances = client::replay_utterances(&mut screening, &corpus, "eval").await.expect("utterances");
-    let conversations = client::replay_conversations(&mut screening, &corpus, "eval").await.expect("conversations");
+    let utterances =
+        client::replay_utterances(&mut screening, &corpus, "eval").await.expect("utterances");
+    let conversations =
+        client::replay_conversations(&mut screening, &corpus, "eval").await.expect("conversations");
     let report = eval::score(&corpus, &utterances, &conversations);
     if let Err(violations) = report.check_floors(&DEV_FLOORS) {
         panic!("dev floors violated:\n{}\n\n{report}", violations.join("\n"));

@@ -39,6 +39,20 @@ struct LexiconArgs {
     /// Directory of lexicon files (*.tsv).
     #[arg(long, env = "KASUHARA_LEXICON_DIR", default_value = config::DEFAULT_LEXICON_DIR)]
     lexicon_dir: PathBuf,
+    /// Tenant policy file (TOML; see examples/policy.toml); the policy's defaults when absent.
+    #[arg(long, env = "KASUHARA_POLICY")]
+    policy: Option<PathBuf>,
+}
+
+impl LexiconArgs {
+    /// The server configuration these flags describe.
+    fn config(self) -> anyhow::Result<Config> {
+        let policy = match &self.policy {
+            Some(path) => config::PolicySet::load(path)?,
+            None => config::PolicySet::default(),
+        };
+        Ok(Config { lexicon_dir: self.lexicon_dir, policy, ..Config::default() })
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,17 +133,16 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             server::run(listener, config, shutdown::signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Screen { input, lexicon } => screen(input, lexicon.lexicon_dir),
+        Command::Screen { input, lexicon } => screen(input, lexicon.config()?),
         Command::Eval { corpus, addr, lexicon, json } => {
-            run_eval(corpus, addr, lexicon.lexicon_dir, json).await
+            run_eval(corpus, addr, lexicon.config()?, json).await
         }
     }
 }
 
 /// `screen`: JSON Lines in, one verdict per line out. A bad line gets an error line of its own
 /// and the rest are still screened; the exit status says whether any line failed.
-fn screen(input: Option<PathBuf>, lexicon_dir: PathBuf) -> anyhow::Result<ExitCode> {
-    let config = Config { lexicon_dir, ..Config::default() };
+fn screen(input: Option<PathBuf>, config: Config) -> anyhow::Result<ExitCode> {
     let pipeline = server::load_pipeline(&config)?;
     let reader: Box<dyn BufRead> = match input {
         Some(path) if path.as_os_str() != "-" => Box::new(std::io::BufReader::new(
@@ -199,7 +212,7 @@ fn detection_json(d: &Detection) -> serde_json::Value {
 async fn run_eval(
     corpus_dir: PathBuf,
     addr: Option<String>,
-    lexicon_dir: PathBuf,
+    config: Config,
     json_output: bool,
 ) -> anyhow::Result<ExitCode> {
     let corpus = eval::load_corpus(&corpus_dir)?;
@@ -209,7 +222,6 @@ async fn run_eval(
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             let local_addr = listener.local_addr()?;
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let config = Config { lexicon_dir, ..Config::default() };
             let handle = tokio::spawn(server::run(listener, config, async {
                 let _ = stopped.await;
             }));
@@ -232,8 +244,12 @@ async fn run_eval(
         (Ok(outcomes), None) => outcomes,
         // When the in-process server failed (a broken lexicon, say), its error is the one
         // worth showing, not the transport error the client saw.
-        (Err(e), Some((_, handle))) if handle.is_finished() => {
-            handle.await??;
+        (Err(e), Some((_, handle))) => {
+            if let Ok(Ok(Err(server_error))) =
+                tokio::time::timeout(Duration::from_secs(5), handle).await
+            {
+                return Err(server_error.into());
+            }
             return Err(e.into());
         }
         (Err(e), _) => return Err(e.into()),

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 use crate::alert::AlertFilter;
 use crate::conversation::require_id;
 use crate::error::ScreenError;
-use crate::grpc::{alert_to_pb, category_from_pb, severity_from_pb};
+use crate::grpc::{category_from_pb, event_to_pb, severity_from_pb};
 use crate::pb;
 use crate::pb::alert_service_server::AlertService;
 use crate::server::Shared;
@@ -47,7 +47,10 @@ fn filter_from_pb(request: pb::SubscribeRequest) -> Result<AlertFilter, ScreenEr
     let categories = request
         .categories
         .iter()
-        .map(|&c| category_from_pb(c).ok_or_else(|| ScreenError::invalid("categories", "unknown category")))
+        .map(|&c| {
+            category_from_pb(c)
+                .ok_or_else(|| ScreenError::invalid("categories", "unknown category"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(AlertFilter { tenant_id: request.tenant_id, min_severity, categories })
 }
@@ -77,11 +80,8 @@ impl AlertService for Alerts {
                     () = tx.closed() => return, // the supervisor disconnected
                 };
                 match received {
-                    Ok(alert) if filter.accepts(&alert) => {
-                        let event = pb::AlertEvent {
-                            kind: Some(pb::alert_event::Kind::Alert(alert_to_pb(&alert))),
-                        };
-                        if tx.send(Ok(event)).await.is_err() {
+                    Ok(event) if filter.accepts_event(&event) => {
+                        if tx.send(Ok(event_to_pb(&event))).await.is_err() {
                             return;
                         }
                     }

@@ -6,7 +6,7 @@ pub mod screening;
 
 use prost_types::Timestamp;
 
-use crate::alert::Alert;
+use crate::alert::{Alert, AlertStatus, HubEvent, Summary};
 use crate::conversation::Speaker;
 use crate::error::ScreenError;
 use crate::pb;
@@ -109,7 +109,47 @@ pub fn alert_to_pb(alert: &Alert) -> pb::Alert {
         created_at: Some(Timestamp::from(alert.created_at)),
         queue: alert.queue.clone(),
         agent_id: alert.agent_id.clone(),
+        status: match alert.status {
+            AlertStatus::Confirmed => pb::AlertStatus::Confirmed,
+            AlertStatus::Provisional => pb::AlertStatus::Provisional,
+            AlertStatus::Retracted => pb::AlertStatus::Retracted,
+        }
+        .into(),
+        previous_alert_id: alert.previous_alert_id.clone().unwrap_or_default(),
+        risk_score: alert.risk_score,
     }
+}
+
+/// Converts a conversation summary to the wire message.
+pub fn summary_to_pb(summary: &Summary) -> pb::ConversationSummary {
+    pb::ConversationSummary {
+        conversation_id: summary.conversation_id.clone(),
+        tenant_id: summary.tenant_id.clone(),
+        queue: summary.queue.clone(),
+        categories: summary.categories.iter().map(|&c| category_to_pb(c).into()).collect(),
+        peak_severity: summary
+            .peak_severity
+            .map_or(pb::Severity::Unspecified, severity_to_pb)
+            .into(),
+        alert_ids: summary.alert_ids.clone(),
+        duration_ms: summary.duration_ms,
+        segments: summary.segments,
+        risk_score: summary.risk_score,
+        reason: summary.reason.to_owned(),
+    }
+}
+
+/// Converts a hub event to the supervisor stream's message.
+pub fn event_to_pb(event: &HubEvent) -> pb::AlertEvent {
+    use pb::alert_event::Kind;
+    let kind = match event {
+        HubEvent::Alert(a) => Kind::Alert(alert_to_pb(a)),
+        HubEvent::Update(a, seq) => {
+            Kind::Update(pb::AlertUpdate { alert: Some(alert_to_pb(a)), seq: *seq })
+        }
+        HubEvent::Summary(s) => Kind::Summary(summary_to_pb(s)),
+    };
+    pb::AlertEvent { kind: Some(kind) }
 }
 
 #[cfg(test)]

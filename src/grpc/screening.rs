@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -10,10 +11,12 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
-use crate::alert::Alert;
-use crate::conversation::{Conversation, ConversationInfo, SegmentIn, Speaker, check_text};
+use crate::alert::{Alert, AlertStatus, HubEvent};
+use crate::conversation::{
+    Conversation, ConversationInfo, SegmentIn, SegmentOutcome, Services, Speaker, check_text,
+};
 use crate::error::ScreenError;
-use crate::grpc::{alert_to_pb, speaker_from_pb};
+use crate::grpc::{alert_to_pb, speaker_from_pb, summary_to_pb};
 use crate::pb;
 use crate::pb::screening_service_server::ScreeningService;
 use crate::server::Shared;
@@ -74,7 +77,7 @@ impl ScreeningService for Screening {
             return Ok(Response::new(pb::ScreenTextResponse { alerts: Vec::new() }));
         }
         let detections = self.shared.pipeline.screen(&request.text)?;
-        let created_at = std::time::SystemTime::now();
+        let created_at = SystemTime::now();
         let alerts = detections
             .into_iter()
             .map(|d| {
@@ -89,6 +92,9 @@ impl ScreeningService for Screening {
                     severity: d.severity,
                     evidence: d.evidence,
                     created_at,
+                    status: AlertStatus::Confirmed,
+                    previous_alert_id: None,
+                    risk_score: 0.0,
                 })
             })
             .collect();
@@ -96,7 +102,7 @@ impl ScreeningService for Screening {
     }
 }
 
-/// Reads one conversation to its end, sending a verdict per segment.
+/// Reads one conversation to its end, sending a verdict per segment and a summary at the end.
 async fn run_conversation(
     shared: &Shared,
     mut inbound: Streaming<pb::ScreenRequest>,
@@ -108,15 +114,23 @@ async fn run_conversation(
         None => return Ok(()),
         Some(message) => match message?.kind {
             Some(Kind::Start(start)) => {
+                let started_at = match start.started_at {
+                    None => SystemTime::now(),
+                    Some(t) => SystemTime::try_from(t).map_err(|_| {
+                        ScreenError::invalid("start.started_at", "is not a valid timestamp")
+                    })?,
+                };
                 let info = ConversationInfo {
                     conversation_id: start.conversation_id,
                     tenant_id: start.tenant_id,
                     customer_id: start.customer_id,
                     queue: start.queue,
                     agent_id: start.agent_id,
+                    started_at,
                 };
                 info.validate()?;
-                Conversation::new(info)
+                let policy = shared.policy.for_tenant(&info.tenant_id).clone();
+                Conversation::open(info, policy, &shared.callers)
             }
             Some(_) => {
                 return Err(ScreenError::FailedPrecondition(
@@ -128,32 +142,35 @@ async fn run_conversation(
         },
     };
     // The span names the conversation but nothing a person could be identified by.
-    let span = tracing::info_span!("conversation", conversation_id = %conversation.info().conversation_id);
+    let span =
+        tracing::info_span!("conversation", conversation_id = %conversation.info().conversation_id);
+    let services =
+        Services { pipeline: &shared.pipeline, ids: &shared.alert_ids, callers: &shared.callers };
     async move {
         tracing::debug!("conversation started");
-        while let Some(message) = inbound.next().await {
-            match message?.kind {
+        let idle_timeout = conversation.policy().idle_timeout;
+        let reason = loop {
+            let message = match tokio::time::timeout(idle_timeout, inbound.next()).await {
+                Err(_) => break "idle",
+                Ok(None) => break "closed",
+                Ok(Some(message)) => message?,
+            };
+            match message.kind {
                 Some(Kind::Segment(segment)) => {
                     let segment = SegmentIn {
                         seq: segment.seq,
                         speaker: speaker_from_pb("segment.speaker", segment.speaker)?,
                         text: segment.text,
                         is_final: segment.is_final,
+                        start_ms: segment.start_ms,
+                        end_ms: segment.end_ms,
                     };
-                    let alerts = conversation.screen(&shared.pipeline, &shared.alert_ids, &segment)?;
-                    for alert in &alerts {
-                        shared.hub.publish(Arc::clone(alert));
-                    }
-                    let verdict = pb::SegmentVerdict {
-                        seq: segment.seq,
-                        alerts: alerts.iter().map(|a| alert_to_pb(a)).collect(),
-                    };
-                    let response = pb::ScreenResponse { kind: Some(pb::screen_response::Kind::Verdict(verdict)) };
-                    if tx.send(Ok(response)).await.is_err() {
+                    let outcome = conversation.screen(services, &segment)?;
+                    if !send_outcome(shared, tx, segment.seq, outcome).await {
                         return Ok(()); // the client left
                     }
                 }
-                Some(Kind::End(_)) => break,
+                Some(Kind::End(_)) => break "end",
                 Some(Kind::Start(_)) => {
                     return Err(ScreenError::FailedPrecondition(
                         "ConversationStart may be sent only once per stream".into(),
@@ -162,10 +179,61 @@ async fn run_conversation(
                 }
                 None => return Err(ScreenError::invalid("kind", "is required").into()),
             }
+        };
+        let (summary, retracted) = conversation.finish(reason);
+        let last_seq = summary.segments;
+        for alert in retracted {
+            shared.hub.publish(HubEvent::Update(Arc::clone(&alert), last_seq));
+            let update = pb::AlertUpdate { alert: Some(alert_to_pb(&alert)), seq: last_seq };
+            let _ = tx.send(Ok(response(pb::screen_response::Kind::Update(update)))).await;
         }
-        tracing::debug!("conversation ended");
+        let summary = Arc::new(summary);
+        shared.hub.publish(HubEvent::Summary(Arc::clone(&summary)));
+        let _ = tx
+            .send(Ok(response(pb::screen_response::Kind::Summary(summary_to_pb(&summary)))))
+            .await;
+        tracing::debug!(reason, "conversation ended");
         Ok(())
     }
     .instrument(span)
     .await
+}
+
+fn response(kind: pb::screen_response::Kind) -> pb::ScreenResponse {
+    pb::ScreenResponse { kind: Some(kind) }
+}
+
+/// Publishes a segment's events to supervisors and sends its verdict (and any updates) to the
+/// producer; false when the producer has gone.
+async fn send_outcome(
+    shared: &Shared,
+    tx: &mpsc::Sender<Result<pb::ScreenResponse, Status>>,
+    seq: u64,
+    outcome: SegmentOutcome,
+) -> bool {
+    for alert in &outcome.updates {
+        shared.hub.publish(HubEvent::Update(Arc::clone(alert), seq));
+    }
+    let updated: Vec<&str> = outcome.updates.iter().map(|a| a.alert_id.as_str()).collect();
+    for alert in outcome.alerts.iter().chain(&outcome.provisional) {
+        // A confirmed provisional alert reaches supervisors as its update, not a second alert.
+        if !updated.contains(&alert.alert_id.as_str()) {
+            shared.hub.publish(HubEvent::Alert(Arc::clone(alert)));
+        }
+    }
+    let verdict = pb::SegmentVerdict {
+        seq,
+        alerts: outcome.alerts.iter().map(|a| alert_to_pb(a)).collect(),
+        provisional_alerts: outcome.provisional.iter().map(|a| alert_to_pb(a)).collect(),
+    };
+    if tx.send(Ok(response(pb::screen_response::Kind::Verdict(verdict)))).await.is_err() {
+        return false;
+    }
+    for alert in outcome.updates {
+        let update = pb::AlertUpdate { alert: Some(alert_to_pb(&alert)), seq };
+        if tx.send(Ok(response(pb::screen_response::Kind::Update(update)))).await.is_err() {
+            return false;
+        }
+    }
+    true
 }

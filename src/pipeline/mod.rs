@@ -68,57 +68,95 @@ impl Pipeline {
     }
 
     /// Screens one customer text; at most one detection per category, ordered by category.
+    /// Entries flagged `track` (they only feed persistence) raise nothing here.
     ///
     /// # Errors
     /// [`ScreenError::Internal`] if the tokeniser fails, which no known input causes.
     pub fn screen(&self, text: &str) -> Result<Vec<Detection>, ScreenError> {
+        Ok(group(self.findings(text)?.into_iter().filter(|f| !f.track_only)))
+    }
+
+    /// Every lexicon hit in one text, `track` entries included, with evidence quoted from
+    /// `text` (offsets are chars of `text`).
+    ///
+    /// # Errors
+    /// [`ScreenError::Internal`] if the tokeniser fails.
+    pub fn findings(&self, text: &str) -> Result<Vec<Finding>, ScreenError> {
         let normalized = normalize(text);
-        let findings = self
+        let found = self
             .matcher
             .find(normalized.as_str())
             .map_err(|e| ScreenError::Internal(e.to_string()))?;
-        let mut by_category: BTreeMap<Category, Detection> = BTreeMap::new();
-        let original: Vec<char> =
-            if findings.hits.is_empty() { Vec::new() } else { text.chars().collect() };
-        for hit in findings.hits {
-            let entry = &self.matcher.entries()[hit.entry];
-            let span = normalized.original_chars(hit.bytes.clone());
-            let reason = match &hit.raised_by {
-                Some(rule) => format!("{} (severity raised by {rule})", entry.rationale),
-                None => entry.rationale.clone(),
-            };
-            let evidence = Evidence {
-                quote: original[span.clone()].iter().collect(),
-                start: span.start,
-                end: span.end,
-                normalized: normalized.as_str()[hit.bytes].to_owned(),
-                entry_id: entry.id.clone(),
-                reason,
-            };
-            let detection = by_category.entry(entry.category).or_insert_with(|| Detection {
-                category: entry.category,
-                severity: hit.severity,
-                evidence: Vec::new(),
-            });
-            detection.severity = detection.severity.max(hit.severity);
-            if !detection
-                .evidence
-                .iter()
-                .any(|e| e.start == evidence.start && e.end == evidence.end)
-            {
-                detection.evidence.push(evidence);
-            }
+        if found.hits.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut detections: Vec<Detection> = by_category.into_values().collect();
-        for d in &mut detections {
-            // Two entries of one category often cover nested words (土下座し inside
-            // 土下座してでも謝れ); the supervisor needs the longest quote once.
-            let all: Vec<(usize, usize)> = d.evidence.iter().map(|e| (e.start, e.end)).collect();
-            d.evidence.retain(|e| {
-                !all.iter().any(|&(s, t)| (s, t) != (e.start, e.end) && s <= e.start && e.end <= t)
-            });
-            d.evidence.sort_by_key(|e| (e.start, e.end));
-        }
-        Ok(detections)
+        let original: Vec<char> = text.chars().collect();
+        Ok(found
+            .hits
+            .into_iter()
+            .map(|hit| {
+                let entry = &self.matcher.entries()[hit.entry];
+                let span = normalized.original_chars(hit.bytes.clone());
+                let reason = match &hit.raised_by {
+                    Some(rule) => format!("{} (severity raised by {rule})", entry.rationale),
+                    None => entry.rationale.clone(),
+                };
+                Finding {
+                    category: entry.category,
+                    severity: hit.severity,
+                    family: entry.family.clone(),
+                    track_only: entry.flags.track,
+                    evidence: Evidence {
+                        quote: original[span.clone()].iter().collect(),
+                        start: span.start,
+                        end: span.end,
+                        normalized: normalized.as_str()[hit.bytes].to_owned(),
+                        entry_id: entry.id.clone(),
+                        reason,
+                    },
+                }
+            })
+            .collect())
     }
+}
+
+/// One lexicon hit with its evidence, before grouping by category.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// The entry's category.
+    pub category: Category,
+    /// Severity after context rules.
+    pub severity: Severity,
+    /// The entry's family (the same demand or abuse, for persistence).
+    pub family: String,
+    /// The entry only counts toward persistence and raises no alert itself.
+    pub track_only: bool,
+    /// The words.
+    pub evidence: Evidence,
+}
+
+/// Groups findings into one detection per category: the highest severity, and the evidence
+/// with nested spans dropped (土下座し inside 土下座してでも謝れ: the supervisor needs the
+/// longest quote once).
+pub fn group(findings: impl IntoIterator<Item = Finding>) -> Vec<Detection> {
+    let mut by_category: BTreeMap<Category, Detection> = BTreeMap::new();
+    for f in findings {
+        let detection = by_category.entry(f.category).or_insert_with(|| Detection {
+            category: f.category,
+            severity: f.severity,
+            evidence: Vec::new(),
+        });
+        detection.severity = detection.severity.max(f.severity);
+        detection.evidence.push(f.evidence);
+    }
+    let mut detections: Vec<Detection> = by_category.into_values().collect();
+    for d in &mut detections {
+        let all: Vec<(usize, usize)> = d.evidence.iter().map(|e| (e.start, e.end)).collect();
+        d.evidence.retain(|e| {
+            !all.iter().any(|&(s, t)| (s, t) != (e.start, e.end) && s <= e.start && e.end <= t)
+        });
+        d.evidence.sort_by_key(|e| (e.start, e.end));
+        d.evidence.dedup_by_key(|e| (e.start, e.end));
+    }
+    detections
 }

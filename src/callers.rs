@@ -1,0 +1,151 @@
+//! Repeat callers: what each customer raised in their earlier contacts, so PERSISTENCE can span
+//! conversations ("a customer's 3rd or later contact within 24 hours that repeats a demand
+//! already alerted"; "the same demand raised for the 4th time within one customer's contacts").
+//!
+//! Kept in memory for one node, keyed by (tenant, customer id) and pruned by the tenant's
+//! window on every access. A std `Mutex` suffices: it is held for a few map operations and
+//! never across an `.await`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+/// The most contacts kept per customer; older ones are dropped first. A customer calling more
+/// often than this within a window is already far past every threshold.
+const MAX_CONTACTS_PER_CUSTOMER: usize = 64;
+
+#[derive(Debug, Default)]
+struct Contact {
+    conversation_id: String,
+    started_at: Option<SystemTime>,
+    /// Final segments that raised each family in this contact.
+    family_counts: HashMap<String, u32>,
+    /// Families that were alerted (by any alert) in this contact.
+    alerted: HashSet<String>,
+}
+
+/// What a customer's earlier contacts (within the window) say about one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Earlier {
+    /// This contact's position among the customer's contacts in the window (1 = first).
+    pub contact_number: u32,
+    /// Final segments of earlier contacts that raised the family.
+    pub family_count: u32,
+    /// Whether an earlier contact was alerted with this family.
+    pub alerted_before: bool,
+}
+
+/// Every customer's recent contacts.
+#[derive(Debug, Default)]
+pub struct CallerHistory {
+    customers: Mutex<HashMap<(String, String), Vec<Contact>>>,
+}
+
+impl CallerHistory {
+    /// Records the start of a contact and returns its position within `window`.
+    pub fn open(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+        conversation_id: &str,
+        started_at: SystemTime,
+        window: Duration,
+    ) -> u32 {
+        let mut customers = self.customers.lock().unwrap_or_else(|p| p.into_inner());
+        let contacts = customers.entry((tenant_id.to_owned(), customer_id.to_owned())).or_default();
+        contacts.retain(|c| within(c.started_at, started_at, window));
+        if contacts.len() >= MAX_CONTACTS_PER_CUSTOMER {
+            contacts.remove(0);
+        }
+        contacts.push(Contact {
+            conversation_id: conversation_id.to_owned(),
+            started_at: Some(started_at),
+            ..Contact::default()
+        });
+        contacts.len() as u32
+    }
+
+    /// Counts one final segment raising `family` in this contact (and whether it was alerted),
+    /// and reports what earlier contacts in the window did with the same family.
+    pub fn record(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+        conversation_id: &str,
+        family: &str,
+        alerted: bool,
+    ) -> Earlier {
+        let mut customers = self.customers.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(contacts) = customers.get_mut(&(tenant_id.to_owned(), customer_id.to_owned()))
+        else {
+            return Earlier::default();
+        };
+        let mut earlier = Earlier::default();
+        for (i, contact) in contacts.iter_mut().enumerate() {
+            if contact.conversation_id == conversation_id {
+                earlier.contact_number = i as u32 + 1;
+                *contact.family_counts.entry(family.to_owned()).or_default() += 1;
+                if alerted {
+                    contact.alerted.insert(family.to_owned());
+                }
+            } else {
+                earlier.family_count += contact.family_counts.get(family).copied().unwrap_or(0);
+                earlier.alerted_before |= contact.alerted.contains(family);
+            }
+        }
+        earlier
+    }
+
+    /// Marks `family` alerted in this contact (an alert raised after the family was counted).
+    pub fn mark_alerted(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+        conversation_id: &str,
+        family: &str,
+    ) {
+        let mut customers = self.customers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(contacts) = customers.get_mut(&(tenant_id.to_owned(), customer_id.to_owned()))
+            && let Some(c) = contacts.iter_mut().find(|c| c.conversation_id == conversation_id)
+        {
+            c.alerted.insert(family.to_owned());
+        }
+    }
+}
+
+fn within(then: Option<SystemTime>, now: SystemTime, window: Duration) -> bool {
+    then.is_some_and(|t| now.duration_since(t).map_or(true, |age| age <= window))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Duration = Duration::from_secs(86_400);
+
+    /// Contacts are numbered within the window, and families counted across them.
+    #[test]
+    fn counts_across_contacts() {
+        let h = CallerHistory::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert_eq!(h.open("t", "c", "a", t0, DAY), 1);
+        h.record("t", "c", "a", "refund", true);
+        assert_eq!(h.open("t", "c", "b", t0 + Duration::from_secs(3600), DAY), 2);
+        let e = h.record("t", "c", "b", "refund", false);
+        assert_eq!(e, Earlier { contact_number: 2, family_count: 1, alerted_before: true });
+        // Another tenant's customer of the same id is someone else.
+        assert_eq!(h.open("u", "c", "x", t0, DAY), 1);
+    }
+
+    /// Contacts older than the window no longer count.
+    #[test]
+    fn window_expires() {
+        let h = CallerHistory::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        h.open("t", "c", "a", t0, DAY);
+        h.record("t", "c", "a", "refund", true);
+        assert_eq!(h.open("t", "c", "b", t0 + DAY * 2, DAY), 1);
+        let e = h.record("t", "c", "b", "refund", false);
+        assert!(!e.alerted_before);
+    }
+}
