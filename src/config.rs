@@ -253,6 +253,15 @@ mod tests {
         assert_eq!(acme.restraint_after, Duration::from_secs(3600));
     }
 
+    /// The shipped example parses and says what it claims.
+    #[test]
+    fn example_policy_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policy.toml");
+        let set = PolicySet::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(set.default, TenantPolicy::default(), "help: [default] documents the defaults");
+        assert_eq!(set.for_tenant("example-bank").persistence_repeats, 3);
+    }
+
     /// Every bad value is reported with its key; unknown keys are refused.
     #[test]
     fn policy_errors_name_the_key() {

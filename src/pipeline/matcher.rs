@@ -204,7 +204,7 @@ impl Matcher {
             tokens.push(Token {
                 bytes: w.range,
                 reading: start..readings.len(),
-                function_word: matches!(w.part_of_speech, "助詞" | "助動詞"),
+                function_word: w.part_of_speech == "助詞",
             });
         })?;
         if tokens.is_empty() {
@@ -223,7 +223,12 @@ impl Matcher {
                 // Each token is one 4-byte scalar in the base-form layer.
                 m.start() / 4..m.end() / 4
             } else if m.start() >= reading_offset {
-                match align_reading(&tokens, m.start() - reading_offset, m.end() - reading_offset) {
+                match align_reading(
+                    &tokens,
+                    &haystack[reading_offset..],
+                    m.start() - reading_offset,
+                    m.end() - reading_offset,
+                ) {
                     Some(span) => span,
                     None => continue,
                 }
@@ -316,14 +321,25 @@ fn token_gap(a: &Range<usize>, b: &Range<usize>) -> usize {
     if a.end <= b.start { b.start - a.end } else { a.start.saturating_sub(b.end) }
 }
 
+/// Reading-layer hits this short (in chars) must be one whole token: two-kana readings
+/// assembled from several tokens are mostly accidents (しね in …言われても|し|ね).
+const SHORT_READING_CHARS: usize = 2;
+
 /// Maps a reading-layer hit to a token span, if it starts and ends on token edges and does
-/// not start on a particle or auxiliary (か|す in どうかすると is not カス).
-fn align_reading(tokens: &[Token], start: usize, end: usize) -> Option<Range<usize>> {
+/// not start on a particle (か|す in どうかすると is not カス).
+fn align_reading(
+    tokens: &[Token],
+    readings: &str,
+    start: usize,
+    end: usize,
+) -> Option<Range<usize>> {
     let first = tokens.binary_search_by(|t| t.reading.start.cmp(&start)).ok()?;
     let last = tokens.binary_search_by(|t| t.reading.end.cmp(&end)).ok()?;
     // Empty readings cannot occur (a reading falls back to the surface), so starts and ends
     // are strictly increasing and binary search finds the one token.
-    (first <= last && !tokens[first].function_word).then_some(first..last + 1)
+    let short = readings[start..end].chars().nth(SHORT_READING_CHARS).is_none();
+    (first <= last && !tokens[first].function_word && (!short || first == last))
+        .then_some(first..last + 1)
 }
 
 /// Combines the piece hits of one owner into whole-pattern matches, per the pattern's joins,
