@@ -76,6 +76,11 @@ enum Command {
         #[command(flatten)]
         lexicon: LexiconArgs,
     },
+    /// Lexicon tools for authors.
+    Lexicon {
+        #[command(subcommand)]
+        command: LexiconCommand,
+    },
     /// Score a labelled corpus (../shared/eval schema) through the gRPC API.
     Eval {
         /// Directory holding utterances.jsonl and/or conversations.jsonl.
@@ -90,6 +95,20 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LexiconCommand {
+    /// Validate every lexicon file (file:line errors), report entries of one category that
+    /// share a phrase but disagree on severity, and explain sample texts.
+    Check {
+        #[command(flatten)]
+        lexicon: LexiconArgs,
+        /// A sentence or entry pattern to explain: its normalised form, its words (surface,
+        /// base form, reading, part of speech), what it hits and what context rules silence.
+        #[arg(long = "explain", value_name = "TEXT")]
+        explain: Vec<String>,
     },
 }
 
@@ -134,6 +153,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Screen { input, lexicon } => screen(input, lexicon.config()?),
+        Command::Lexicon { command: LexiconCommand::Check { lexicon, explain } } => {
+            lexicon_check(lexicon.config()?, &explain)
+        }
         Command::Eval { corpus, addr, lexicon, json } => {
             run_eval(corpus, addr, lexicon.config()?, json).await
         }
@@ -206,6 +228,78 @@ fn detection_json(d: &Detection) -> serde_json::Value {
             "normalized": e.normalized, "entry_id": e.entry_id, "reason": e.reason,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// `lexicon check`: loads and compiles the lexicon exactly as `serve` does, then reports
+/// conflicts and explains the given texts.
+fn lexicon_check(config: Config, explain: &[String]) -> anyhow::Result<ExitCode> {
+    use std::collections::BTreeMap;
+
+    let pipeline = server::load_pipeline(&config)?;
+    let matcher = pipeline.matcher();
+    let entries = matcher.entries();
+    println!(
+        "ok: {} entries, {} context rules, {} automaton patterns",
+        entries.len(),
+        matcher.lexicon().rules.len(),
+        matcher.pattern_count()
+    );
+    let mut per_category: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in entries {
+        *per_category.entry(e.category.code()).or_default() += 1;
+    }
+    for (code, n) in per_category {
+        println!("  {code:<22} {n}");
+    }
+    // The same phrase in two entries of one category with different severities: one of them
+    // is wrong. (The same phrase in two categories is deliberate: a slur is both ATTACK and
+    // DISCRIMINATION_SEXUAL.)
+    let mut by_phrase: BTreeMap<&str, Vec<&kasuhara_guard::dictionary::Entry>> = BTreeMap::new();
+    for e in entries.iter().filter(|e| e.pattern.pieces.len() == 1) {
+        for alternative in &e.pattern.pieces[0] {
+            by_phrase.entry(alternative.as_str()).or_default().push(e);
+        }
+    }
+    let mut conflicts = 0;
+    for (phrase, owners) in &by_phrase {
+        let first = owners[0];
+        if owners.iter().any(|o| o.category == first.category && o.severity != first.severity) {
+            conflicts += 1;
+            let list: Vec<String> =
+                owners.iter().map(|o| format!("{} {}@{} ({})", o.id, o.category, o.severity, o.origin)).collect();
+            println!("conflict: {phrase:?} is in {}", list.join(", "));
+        }
+    }
+    println!("{conflicts} conflicting phrase(s)");
+    let segmenter = matcher.segmenter();
+    for text in explain {
+        let normalized = kasuhara_guard::pipeline::normalize::normalize(text);
+        println!("\n{text:?}\n  normalised: {:?}", normalized.as_str());
+        let mut words = Vec::new();
+        segmenter.for_each_word(normalized.as_str(), |w| {
+            words.push(format!("{}[{}|{}|{}]", w.surface, w.base_form, w.reading, w.part_of_speech))
+        })?;
+        println!("  words: {}", words.join(" "));
+        let findings = matcher.find(normalized.as_str())?;
+        for hit in &findings.hits {
+            let e = &entries[hit.entry];
+            println!(
+                "  hit: {} {}@{} on {:?}{}",
+                e.id,
+                e.category,
+                hit.severity,
+                &normalized.as_str()[hit.bytes.clone()],
+                hit.raised_by.as_ref().map(|r| format!(" (raised by {r})")).unwrap_or_default()
+            );
+        }
+        for (entry, bytes, rule) in &findings.silenced {
+            println!("  silenced: {} on {:?} by {rule}", entries[*entry].id, &normalized.as_str()[bytes.clone()]);
+        }
+        if findings.hits.is_empty() && findings.silenced.is_empty() {
+            println!("  no entry matches");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `eval`: replays the corpus through gRPC (an in-process server unless `--addr`), scores it.
