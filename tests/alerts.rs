@@ -60,7 +60,9 @@ async fn subscriber_sees_alerts_of_its_tenant_only() {
     let responses: Vec<_> = ours.into_inner().collect().await;
     let verdicts = responses
         .iter()
-        .filter(|r| matches!(r.as_ref().expect("ok").kind, Some(pb::screen_response::Kind::Verdict(_))))
+        .filter(|r| {
+            matches!(r.as_ref().expect("ok").kind, Some(pb::screen_response::Kind::Verdict(_)))
+        })
         .count();
     assert_eq!(verdicts, 2);
 

@@ -202,17 +202,32 @@ async fn interim_alert_is_retracted_on_both_streams() {
         segment(2, pb::Speaker::Customer, "来月からバカンスで海外に行くんです", true),
         pb::ScreenRequest { kind: Some(Kind::End(pb::ConversationEnd {})) },
     ];
-    let responses: Vec<_> = client.screen(tokio_stream::iter(requests)).await.expect("screen").into_inner().collect().await;
+    let responses: Vec<_> = client
+        .screen(tokio_stream::iter(requests))
+        .await
+        .expect("screen")
+        .into_inner()
+        .collect()
+        .await;
     let kinds: Vec<_> = responses.into_iter().map(|r| r.expect("ok").kind.expect("kind")).collect();
-    let pb::screen_response::Kind::Verdict(first) = &kinds[0] else { panic!("verdict first: {kinds:?}") };
+    let pb::screen_response::Kind::Verdict(first) = &kinds[0] else {
+        panic!("verdict first: {kinds:?}")
+    };
     assert!(first.alerts.is_empty(), "help: interim alerts are not confirmed alerts");
     let provisional = first.provisional_alerts.first().expect("ばか raises a provisional alert");
     assert_eq!(provisional.status, pb::AlertStatus::Provisional as i32);
-    let pb::screen_response::Kind::Verdict(second) = &kinds[1] else { panic!("verdict second: {kinds:?}") };
+    let pb::screen_response::Kind::Verdict(second) = &kinds[1] else {
+        panic!("verdict second: {kinds:?}")
+    };
     assert!(second.alerts.is_empty(), "help: バカンス is not abuse");
-    let pb::screen_response::Kind::Update(update) = &kinds[2] else { panic!("update third: {kinds:?}") };
+    let pb::screen_response::Kind::Update(update) = &kinds[2] else {
+        panic!("update third: {kinds:?}")
+    };
     let retracted = update.alert.as_ref().expect("alert");
-    assert_eq!((retracted.alert_id.as_str(), retracted.status), (provisional.alert_id.as_str(), pb::AlertStatus::Retracted as i32));
+    assert_eq!(
+        (retracted.alert_id.as_str(), retracted.status),
+        (provisional.alert_id.as_str(), pb::AlertStatus::Retracted as i32)
+    );
     assert!(matches!(kinds.last(), Some(pb::screen_response::Kind::Summary(_))));
 
     // The supervisor saw the provisional alert, then its retraction, then the summary.
@@ -225,8 +240,14 @@ async fn interim_alert_is_retracted_on_both_streams() {
             .expect("ok");
         seen.push(event.kind.expect("kind"));
     }
-    assert!(matches!(&seen[0], pb::alert_event::Kind::Alert(a) if a.alert_id == provisional.alert_id));
-    assert!(matches!(&seen[1], pb::alert_event::Kind::Update(u) if u.alert.as_ref().is_some_and(|a| a.status == pb::AlertStatus::Retracted as i32)));
-    assert!(matches!(&seen[2], pb::alert_event::Kind::Summary(s) if s.conversation_id == "conv-interim"));
+    assert!(
+        matches!(&seen[0], pb::alert_event::Kind::Alert(a) if a.alert_id == provisional.alert_id)
+    );
+    assert!(
+        matches!(&seen[1], pb::alert_event::Kind::Update(u) if u.alert.as_ref().is_some_and(|a| a.status == pb::AlertStatus::Retracted as i32))
+    );
+    assert!(
+        matches!(&seen[2], pb::alert_event::Kind::Summary(s) if s.conversation_id == "conv-interim")
+    );
     server.stop().await.expect("clean stop");
 }

@@ -265,8 +265,10 @@ fn lexicon_check(config: Config, explain: &[String]) -> anyhow::Result<ExitCode>
         let first = owners[0];
         if owners.iter().any(|o| o.category == first.category && o.severity != first.severity) {
             conflicts += 1;
-            let list: Vec<String> =
-                owners.iter().map(|o| format!("{} {}@{} ({})", o.id, o.category, o.severity, o.origin)).collect();
+            let list: Vec<String> = owners
+                .iter()
+                .map(|o| format!("{} {}@{} ({})", o.id, o.category, o.severity, o.origin))
+                .collect();
             println!("conflict: {phrase:?} is in {}", list.join(", "));
         }
     }
@@ -293,7 +295,11 @@ fn lexicon_check(config: Config, explain: &[String]) -> anyhow::Result<ExitCode>
             );
         }
         for (entry, bytes, rule) in &findings.silenced {
-            println!("  silenced: {} on {:?} by {rule}", entries[*entry].id, &normalized.as_str()[bytes.clone()]);
+            println!(
+                "  silenced: {} on {:?} by {rule}",
+                entries[*entry].id,
+                &normalized.as_str()[bytes.clone()]
+            );
         }
         if findings.hits.is_empty() && findings.silenced.is_empty() {
             println!("  no entry matches");
