@@ -152,7 +152,7 @@ pub enum RuleKind {
     Hypothetical,
     /// A second-person marker: raises `target` entries within the window.
     Target,
-    /// Never alert on a hit inside this phrase (土下座外交, 死亡保険).
+    /// Never alert on a hit that uses words of this phrase (土下座外交, 死亡保険).
     Allow,
     /// A legitimate complaint form (返金してください): raises nothing and silences hits inside it.
     Legit,

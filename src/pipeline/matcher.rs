@@ -124,6 +124,7 @@ struct Token {
     bytes: Range<usize>,
     reading: Range<usize>,
     function_word: bool,
+    unknown: bool,
 }
 
 impl Matcher {
@@ -205,6 +206,7 @@ impl Matcher {
                 bytes: w.range,
                 reading: start..readings.len(),
                 function_word: w.part_of_speech == "助詞",
+                unknown: w.unknown,
             });
         })?;
         if tokens.is_empty() {
@@ -274,8 +276,13 @@ impl Matcher {
             let silencer = rule_spans.iter().find(|(r, rs)| {
                 let rule = &rules[*r];
                 match rule.kind {
-                    RuleKind::Allow | RuleKind::Legit => {
-                        rs.start <= span.start && span.end <= rs.end
+                    // An allow phrase owns its words: any hit that uses one of them goes
+                    // (土下座外交 … 謝れ is still about the news, not a demand).
+                    RuleKind::Allow => rs.start < span.end && span.start < rs.end,
+                    // A legitimate request raises nothing, but asked for the fourth time it
+                    // is persistence: `track` entries still count inside legit forms.
+                    RuleKind::Legit => {
+                        !entry.flags.track && rs.start <= span.start && span.end <= rs.end
                     }
                     RuleKind::Negation => {
                         !entry.flags.no_negate
@@ -334,10 +341,22 @@ fn align_reading(
     end: usize,
 ) -> Option<Range<usize>> {
     let first = tokens.binary_search_by(|t| t.reading.start.cmp(&start)).ok()?;
-    let last = tokens.binary_search_by(|t| t.reading.end.cmp(&end)).ok()?;
+    let short = readings[start..end].chars().nth(SHORT_READING_CHARS).is_none();
+    let last = match tokens.binary_search_by(|t| t.reading.end.cmp(&end)) {
+        Ok(last) => last,
+        // An unknown word is a run of one script whose edges lindera guessed (むのうだな);
+        // a longer pattern may end inside it, as long as it starts on the word's start.
+        Err(insert) => {
+            let inside = insert.min(tokens.len() - 1);
+            let t = &tokens[inside];
+            if short || !t.unknown || t.reading.start >= end || t.reading.end <= end {
+                return None;
+            }
+            inside
+        }
+    };
     // Empty readings cannot occur (a reading falls back to the surface), so starts and ends
     // are strictly increasing and binary search finds the one token.
-    let short = readings[start..end].chars().nth(SHORT_READING_CHARS).is_none();
     (first <= last && !tokens[first].function_word && (!short || first == last))
         .then_some(first..last + 1)
 }
@@ -584,5 +603,107 @@ impl<'a> Compiler<'a> {
                 self.patterns.push((string, vec![target]));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::OnceLock;
+
+    use super::*;
+
+    const ENTRIES: &str = "\
+t.kill\tATTACK\tCRITICAL\tkill\t殺す|ぶっ殺す\t-\tkill
+t.baka\tATTACK\tMEDIUM\tinsult\t馬鹿\ttarget\tinsult
+t.muno\tATTACK\tMEDIUM\tinsult\t無能\ttarget\tinsult
+t.dogeza\tDOGEZA\tHIGH\tdogeza\t土下座 ~4 謝れ\t-\tdogeza
+t.expose\tONLINE_EXPOSURE\tHIGH\texpose\tネット|SNS &6 晒す\t-\texpose
+t.refund\tPERSISTENCE\tLOW\trefund\t返金して\ttrack\trefund
+";
+    const RULES: &str = "\
+c.neg\tnegation\t3\tつもりはない\tneg
+c.you\ttarget\t3\tお前|てめえ\tyou
+c.allow\tallow\t-\t土下座外交\tnews
+c.legit\tlegit\t-\t返金してください\tlegit
+";
+
+    fn matcher() -> &'static Matcher {
+        static MATCHER: OnceLock<Matcher> = OnceLock::new();
+        MATCHER.get_or_init(|| {
+            let lexicon = Lexicon::parse_files([
+                (Path::new("t.tsv"), ENTRIES),
+                (Path::new("context.tsv"), RULES),
+            ])
+            .expect("valid");
+            Matcher::build(lexicon, JapaneseSegmenter::try_new().expect("dictionary"))
+                .expect("builds")
+        })
+    }
+
+    /// (entry id, severity, matched normalised text) of every standing hit.
+    fn hits(text: &str) -> Vec<(String, Severity, String)> {
+        let normalized = normalize(text);
+        let findings = matcher().find(normalized.as_str()).expect("find");
+        findings
+            .hits
+            .iter()
+            .map(|h| {
+                (
+                    matcher().entries()[h.entry].id.clone(),
+                    h.severity,
+                    normalized.as_str()[h.bytes.clone()].to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    macro_rules! t {
+        ($name:expr, $text:expr, $want:expr) => {
+            ($name, $text, $want)
+        };
+    }
+
+    /// (why, text, entry ids expected to hit).
+    const ROWS: &[(&str, &str, &[&str])] = &[
+        t!("inflection reaches the base form", "殺されたいのか", &["t.kill"]),
+        t!("hiragana reaches the kanji entry", "ころすぞ", &["t.kill"]),
+        t!("katakana reaches the kanji entry", "コロス", &["t.kill"]),
+        t!("longest alternative wins", "ぶっ殺す", &["t.kill"]),
+        t!("loanword is one token", "来月からバカンスです", &[]),
+        t!("kanji compound is one token", "殺菌してください", &[]),
+        t!("reading assembled across a particle is not a word", "どうかすると", &[]),
+        t!("gap join", "土下座してでも謝れよ", &["t.dogeza"]),
+        t!("gap join needs the order", "謝れ土下座", &[]),
+        t!("near join either order", "晒すからなネットに", &["t.expose"]),
+        t!("negation defuses", "殺すつもりはない", &[]),
+        t!("allow-list silences", "土下座外交のニュースで謝れと", &[]),
+        t!("a track entry stands inside a legit form", "返金してください", &["t.refund"]),
+        t!("unknown hiragana run", "おまえほんとむのうだな", &["t.muno"]),
+    ];
+
+    /// Table of what hits and what must not.
+    #[test]
+    fn rows() {
+        for (why, text, want) in ROWS {
+            let got: Vec<String> = hits(text).into_iter().map(|h| h.0).collect();
+            assert_eq!(&got, want, "help: {why}: {text:?}");
+        }
+    }
+
+    /// A second-person marker near a `target` entry raises its severity one level.
+    #[test]
+    fn target_raises() {
+        assert_eq!(hits("馬鹿")[0].1, Severity::Medium);
+        assert_eq!(hits("お前馬鹿だろ")[0].1, Severity::High);
+        assert_eq!(hits("お前殺すぞ")[0].1, Severity::Critical, "help: not a target entry");
+    }
+
+    /// Every hit starts and ends on token edges, so the quote is whole words.
+    #[test]
+    fn hits_are_whole_words() {
+        assert_eq!(hits("ころすぞ")[0].2, "ころす");
+        // 謝れよ is one token here (IPADIC reads it as an imperative with よ).
+        assert_eq!(hits("土下座してでも謝れよ")[0].2, "土下座してでも謝れよ");
     }
 }

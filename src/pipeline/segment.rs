@@ -42,8 +42,11 @@ pub struct Word<'a> {
     pub base_form: &'a str,
     /// The reading in katakana (殺せ → コロセ); the surface for unknown words.
     pub reading: &'a str,
-    /// The part of speech (名詞, 動詞, 助詞, ...); `未知語` style values for unknown words.
+    /// The part of speech (名詞, 動詞, 助詞, ...).
     pub part_of_speech: &'a str,
+    /// The word is not in the dictionary: lindera grouped characters of one script (a run
+    /// of hiragana such as むのうだな), so its edges are guesses.
+    pub unknown: bool,
 }
 
 /// An error from the tokeniser; lindera's own error type is kept out of our API.
@@ -106,12 +109,15 @@ impl JapaneseSegmenter {
                     Some(&d) if d != "*" && !d.is_empty() => d,
                     _ => surface,
                 };
+                let unknown =
+                    !matches!(details.get(DETAIL_READING), Some(&d) if d != "*" && !d.is_empty());
                 let word = Word {
                     range: range.clone(),
                     surface,
                     base_form: pick(DETAIL_BASE_FORM),
                     reading: pick(DETAIL_READING),
                     part_of_speech: details.get(DETAIL_POS).copied().unwrap_or(""),
+                    unknown,
                 };
                 each(word);
             }
