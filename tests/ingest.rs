@@ -251,3 +251,30 @@ async fn interim_alert_is_retracted_on_both_streams() {
     );
     server.stop().await.expect("clean stop");
 }
+
+/// A conversation whose producer goes quiet is closed after the tenant's idle timeout with a
+/// summary (reason "idle"); paused time makes the ten minutes pass at once.
+#[tokio::test(start_paused = true)]
+async fn idle_conversation_ends_with_a_summary() {
+    let server = start_server(shipped_config()).await;
+    let mut client = server.screening().await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(start("conv-idle")).await.expect("send");
+    tx.send(segment(1, pb::Speaker::Customer, "土下座しろ", true)).await.expect("send");
+    let mut responses = client
+        .screen(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("screen")
+        .into_inner();
+    let first = responses.next().await.expect("verdict").expect("ok");
+    assert!(matches!(first.kind, Some(pb::screen_response::Kind::Verdict(_))));
+    // The producer keeps its side open (tx alive) and sends nothing more.
+    let last = responses.next().await.expect("summary").expect("ok");
+    let Some(pb::screen_response::Kind::Summary(summary)) = last.kind else {
+        panic!("expected a summary, got {last:?}")
+    };
+    assert_eq!(summary.reason, "idle");
+    assert_eq!(summary.categories, vec![pb::Category::Dogeza as i32]);
+    drop(tx);
+    server.stop().await.expect("clean stop");
+}
