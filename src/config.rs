@@ -65,6 +65,26 @@ pub struct TenantPolicy {
     pub cooldown: Duration,
     /// A conversation with no message for this long is closed with a summary (default 10m).
     pub idle_timeout: Duration,
+    /// Entries this tenant adds to, or disables in, the shared lexicon.
+    pub lexicon: LexiconOverlay,
+}
+
+/// A tenant's changes to the shared lexicon: a directory of extra lexicon files (entries and
+/// context rules, the same format as `dictionaries/`), and ids of entries or rules to switch
+/// off. A tenant without one screens with the shared automaton.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LexiconOverlay {
+    /// Extra `*.tsv` files, resolved against the policy file's directory.
+    pub dir: Option<PathBuf>,
+    /// Entry or context-rule ids that raise (or silence) nothing for this tenant.
+    pub disable: Vec<String>,
+}
+
+impl LexiconOverlay {
+    /// No change to the shared lexicon.
+    pub fn is_empty(&self) -> bool {
+        self.dir.is_none() && self.disable.is_empty()
+    }
 }
 
 impl Default for TenantPolicy {
@@ -76,6 +96,7 @@ impl Default for TenantPolicy {
             restraint_after: Duration::from_secs(3600),
             cooldown: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(600),
+            lexicon: LexiconOverlay::default(),
         }
     }
 }
@@ -102,27 +123,38 @@ impl PolicySet {
     pub fn load(path: &Path) -> Result<PolicySet, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        PolicySet::parse(&text)
+        let base = path.parent().unwrap_or(Path::new("."));
+        PolicySet::parse_in(&text, base)
             .map_err(|message| ConfigError::Policy { path: path.to_owned(), message })
     }
 
-    /// Parses policy TOML; every bad value is reported, one per line.
+    /// Parses policy TOML; every bad value is reported, one per line. Relative lexicon
+    /// overlay directories are taken as they are (relative to the working directory).
     ///
     /// # Errors
     /// A message listing every problem.
     pub fn parse(text: &str) -> Result<PolicySet, String> {
+        PolicySet::parse_in(text, Path::new(""))
+    }
+
+    /// Parses policy TOML whose relative paths are relative to `base`.
+    ///
+    /// # Errors
+    /// A message listing every problem.
+    pub fn parse_in(text: &str, base: &Path) -> Result<PolicySet, String> {
         let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
         let mut errors = Vec::new();
         let default = file.default.unwrap_or_default().apply(
             &TenantPolicy::default(),
             "default",
+            base,
             &mut errors,
         );
         let tenants = file
             .tenants
             .into_iter()
             .map(|(id, section)| {
-                let policy = section.apply(&default, &format!("tenants.{id}"), &mut errors);
+                let policy = section.apply(&default, &format!("tenants.{id}"), base, &mut errors);
                 (id, policy)
             })
             .collect();
@@ -169,11 +201,28 @@ struct PolicySection {
     restraint_after: Option<String>,
     cooldown: Option<String>,
     idle_timeout: Option<String>,
+    lexicon_overlay: Option<PathBuf>,
+    lexicon_disable: Option<Vec<String>>,
 }
 
 impl PolicySection {
-    fn apply(self, base: &TenantPolicy, section: &str, errors: &mut Vec<String>) -> TenantPolicy {
+    fn apply(
+        self,
+        base: &TenantPolicy,
+        section: &str,
+        dir: &Path,
+        errors: &mut Vec<String>,
+    ) -> TenantPolicy {
         let mut out = base.clone();
+        if let Some(overlay) = self.lexicon_overlay {
+            out.lexicon.dir = Some(dir.join(overlay));
+        }
+        if let Some(disable) = self.lexicon_disable {
+            if let Some(bad) = disable.iter().find(|id| id.trim().is_empty()) {
+                errors.push(format!("{section}.lexicon_disable: empty id {bad:?}"));
+            }
+            out.lexicon.disable = disable;
+        }
         let mut count = |key: &str, value: Option<u32>, slot: &mut u32| {
             if let Some(v) = value {
                 if v < 2 {
@@ -271,5 +320,20 @@ mod tests {
         assert!(err.contains("default.cooldown"), "help: {err}");
         let err = PolicySet::parse("[default]\npersistance = 3\n").expect_err("typo");
         assert!(err.contains("persistance"), "help: {err}");
+    }
+
+    /// A tenant's lexicon overlay resolves against the policy file's directory and does not
+    /// leak into other tenants.
+    #[test]
+    fn lexicon_overlay_per_tenant() {
+        let set = PolicySet::parse_in(
+            "[tenants.clinic]\nlexicon_overlay = \"overlays/clinic\"\nlexicon_disable = [\"attack.noroma\"]\n",
+            Path::new("/etc/kasuhara"),
+        )
+        .expect("valid");
+        let clinic = &set.for_tenant("clinic").lexicon;
+        assert_eq!(clinic.dir.as_deref(), Some(Path::new("/etc/kasuhara/overlays/clinic")));
+        assert_eq!(clinic.disable, vec!["attack.noroma".to_owned()]);
+        assert!(set.for_tenant("other").lexicon.is_empty());
     }
 }

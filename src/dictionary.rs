@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::config::LexiconOverlay;
 use crate::policy::{Category, Severity, UnknownCode};
 
 /// Where a line came from, for error messages and `lexicon check`.
@@ -249,6 +250,9 @@ pub enum DictionaryError {
         /// The limit.
         limit: usize,
     },
+    /// A tenant overlay disables an id that no entry or rule has.
+    #[error("lexicon_disable names {0:?}, which is no entry or context rule id")]
+    UnknownDisabled(String),
     /// The automaton could not be built (too many patterns for the configured limits).
     #[error("cannot build the matcher")]
     Build(#[source] aho_corasick::BuildError),
@@ -339,6 +343,55 @@ impl Lexicon {
             }
         }
         if errors.is_empty() { Ok(lexicon) } else { Err(DictionaryError::Invalid(errors)) }
+    }
+
+    /// This lexicon with a tenant's overlay applied: the overlay directory's entries and rules
+    /// added, then the listed ids switched off. `self` is the shared lexicon and stays as it is.
+    ///
+    /// # Errors
+    /// The overlay's own load errors (file:line), an overlay id that the shared lexicon
+    /// already defines, or a disabled id that names no entry or rule.
+    pub fn with_overlay(&self, overlay: &LexiconOverlay) -> Result<Lexicon, DictionaryError> {
+        let mut merged = self.clone();
+        if let Some(dir) = &overlay.dir {
+            let extra = Lexicon::load_dir(dir)?;
+            let defined: HashMap<&str, &Origin> = self
+                .entries
+                .iter()
+                .map(|e| (e.id.as_str(), &e.origin))
+                .chain(self.rules.iter().map(|r| (r.id.as_str(), &r.origin)))
+                .collect();
+            let clashes: Vec<LineError> = extra
+                .entries
+                .iter()
+                .map(|e| (&e.id, &e.origin))
+                .chain(extra.rules.iter().map(|r| (&r.id, &r.origin)))
+                .filter_map(|(id, origin)| {
+                    defined.get(id.as_str()).map(|first| LineError {
+                        origin: origin.clone(),
+                        message: format!(
+                            "overlay id {id:?} is already defined at {first}; disable it and add \
+                             a new id instead"
+                        ),
+                    })
+                })
+                .collect();
+            if !clashes.is_empty() {
+                return Err(DictionaryError::Invalid(clashes));
+            }
+            merged.entries.extend(extra.entries);
+            merged.rules.extend(extra.rules);
+        }
+        for id in &overlay.disable {
+            if !merged.entries.iter().any(|e| &e.id == id)
+                && !merged.rules.iter().any(|r| &r.id == id)
+            {
+                return Err(DictionaryError::UnknownDisabled(id.clone()));
+            }
+        }
+        merged.entries.retain(|e| !overlay.disable.contains(&e.id));
+        merged.rules.retain(|r| !overlay.disable.contains(&r.id));
+        Ok(merged)
     }
 }
 

@@ -26,15 +26,15 @@ use crate::grpc::screening::Screening;
 use crate::pb;
 use crate::pb::alert_service_server::AlertServiceServer;
 use crate::pb::screening_service_server::ScreeningServiceServer;
-use crate::pipeline::Pipeline;
 use crate::pipeline::matcher::Matcher;
 use crate::pipeline::segment::JapaneseSegmenter;
+use crate::pipeline::{Pipeline, Pipelines};
 
 /// State shared by every handler.
 #[derive(Debug)]
 pub struct Shared {
-    /// The screening pipeline.
-    pub pipeline: Pipeline,
+    /// The screening pipelines: shared, and per tenant with a lexicon overlay.
+    pub pipelines: Pipelines,
     /// Alert fan-out to supervisors.
     pub hub: AlertHub,
     /// Alert id source.
@@ -66,22 +66,45 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// Loads the lexicon in `config` and builds the pipeline.
+/// Loads the lexicon in `config` and builds the pipelines: the shared one (with the policy's
+/// `[default]` overlay, if any) and one per tenant whose overlay differs.
 ///
 /// # Errors
-/// Lexicon files that are missing or invalid (each problem with file:line), or a tokeniser
-/// failure.
-pub fn load_pipeline(config: &Config) -> Result<Pipeline, ServerError> {
+/// Lexicon files that are missing or invalid (each problem with file:line), a bad overlay, or
+/// a tokeniser failure.
+pub fn load_pipelines(config: &Config) -> Result<Pipelines, ServerError> {
     let started = Instant::now();
     let lexicon = Lexicon::load_dir(&config.lexicon_dir)?;
-    let matcher = Matcher::build(lexicon, JapaneseSegmenter::try_new()?)?;
+    let build = |overlay: &crate::config::LexiconOverlay| -> Result<Pipeline, ServerError> {
+        let matcher =
+            Matcher::build(lexicon.with_overlay(overlay)?, JapaneseSegmenter::try_new()?)?;
+        Ok(Pipeline::new(matcher))
+    };
+    let default = &config.policy.default.lexicon;
+    let shared = build(default)?;
+    let mut tenants = std::collections::HashMap::new();
+    for (tenant, policy) in &config.policy.tenants {
+        if &policy.lexicon != default {
+            tenants.insert(tenant.clone(), build(&policy.lexicon)?);
+        }
+    }
     tracing::info!(
-        entries = matcher.entries().len(),
-        patterns = matcher.pattern_count(),
+        entries = shared.matcher().entries().len(),
+        patterns = shared.matcher().pattern_count(),
+        tenant_overlays = tenants.len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "lexicon loaded"
     );
-    Ok(Pipeline::new(matcher))
+    Ok(Pipelines::new(shared, tenants))
+}
+
+/// The shared pipeline alone, for tools that screen without a tenant (benches, `lexicon
+/// check`); tenant overlays are still loaded and validated.
+///
+/// # Errors
+/// As [`load_pipelines`].
+pub fn load_pipeline(config: &Config) -> Result<Pipeline, ServerError> {
+    Ok(load_pipelines(config)?.shared().clone())
 }
 
 /// Serves the screening and alert services (plus health and reflection) on `listener` until
@@ -94,10 +117,10 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let pipeline = load_pipeline(&config)?;
+    let pipelines = load_pipelines(&config)?;
     let token = CancellationToken::new();
     let shared = Arc::new(Shared {
-        pipeline,
+        pipelines,
         hub: AlertHub::new(config.alert_buffer),
         alert_ids: AlertIds::default(),
         callers: CallerHistory::default(),

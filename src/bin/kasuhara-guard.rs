@@ -165,7 +165,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
 /// `screen`: JSON Lines in, one verdict per line out. A bad line gets an error line of its own
 /// and the rest are still screened; the exit status says whether any line failed.
 fn screen(input: Option<PathBuf>, config: Config) -> anyhow::Result<ExitCode> {
-    let pipeline = server::load_pipeline(&config)?;
+    let pipelines = server::load_pipelines(&config)?;
     let reader: Box<dyn BufRead> = match input {
         Some(path) if path.as_os_str() != "-" => Box::new(std::io::BufReader::new(
             std::fs::File::open(&path)
@@ -180,7 +180,7 @@ fn screen(input: Option<PathBuf>, config: Config) -> anyhow::Result<ExitCode> {
         if line.trim().is_empty() {
             continue;
         }
-        let verdict = match screen_line(&pipeline, &line) {
+        let verdict = match screen_line(&pipelines, &line) {
             Ok(v) => v,
             Err(message) => {
                 failed += 1;
@@ -197,11 +197,13 @@ fn screen(input: Option<PathBuf>, config: Config) -> anyhow::Result<ExitCode> {
 }
 
 fn screen_line(
-    pipeline: &kasuhara_guard::pipeline::Pipeline,
+    pipelines: &kasuhara_guard::pipeline::Pipelines,
     line: &str,
 ) -> Result<serde_json::Value, String> {
     let value: serde_json::Value =
         serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let tenant = value.get("tenant_id").and_then(|t| t.as_str()).unwrap_or("");
+    let pipeline = pipelines.for_tenant(tenant);
     let text = value.get("text").and_then(|t| t.as_str()).ok_or("missing string field \"text\"")?;
     let speaker = value.get("speaker").and_then(|s| s.as_str()).unwrap_or("customer");
     check_text("text", text).map_err(|e| e.to_string())?;
@@ -275,7 +277,7 @@ fn lexicon_check(config: Config, explain: &[String]) -> anyhow::Result<ExitCode>
     println!("{conflicts} conflicting phrase(s)");
     let segmenter = matcher.segmenter();
     for text in explain {
-        let normalized = kasuhara_guard::pipeline::normalize::normalize(text);
+        let normalized = pipeline.prepare(text)?;
         println!("\n{text:?}\n  normalised: {:?}", normalized.as_str());
         let mut words = Vec::new();
         segmenter.for_each_word(normalized.as_str(), |w| {

@@ -76,7 +76,8 @@ impl ScreeningService for Screening {
         if speaker == Speaker::Agent {
             return Ok(Response::new(pb::ScreenTextResponse { alerts: Vec::new() }));
         }
-        let detections = self.shared.pipeline.screen(&request.text)?;
+        let detections =
+            self.shared.pipelines.for_tenant(&request.tenant_id).screen(&request.text)?;
         let created_at = SystemTime::now();
         let alerts = detections
             .into_iter()
@@ -144,8 +145,11 @@ async fn run_conversation(
     // The span names the conversation but nothing a person could be identified by.
     let span =
         tracing::info_span!("conversation", conversation_id = %conversation.info().conversation_id);
-    let services =
-        Services { pipeline: &shared.pipeline, ids: &shared.alert_ids, callers: &shared.callers };
+    let services = Services {
+        pipeline: shared.pipelines.for_tenant(&conversation.info().tenant_id),
+        ids: &shared.alert_ids,
+        callers: &shared.callers,
+    };
     async move {
         tracing::debug!("conversation started");
         let idle_timeout = conversation.policy().idle_timeout;

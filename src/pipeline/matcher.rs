@@ -118,6 +118,30 @@ struct Inner {
     segmenter: JapaneseSegmenter,
 }
 
+/// The two layers of one tokenisation (see the module doc), built word by word.
+#[derive(Debug, Default)]
+struct Layers {
+    tokens: Vec<Token>,
+    lemmas: String,
+    readings: String,
+}
+
+impl Layers {
+    fn push(&mut self, vocabulary: &HashMap<String, u32>, w: &Word<'_>) {
+        let key = lemma_key(w.base_form, w.part_of_speech);
+        let id = vocabulary.get(&key).copied().unwrap_or(0);
+        self.lemmas.push(lemma_char(id));
+        let start = self.readings.len();
+        self.readings.push_str(&fold_kana(w.reading));
+        self.tokens.push(Token {
+            bytes: w.range.clone(),
+            reading: start..self.readings.len(),
+            function_word: w.part_of_speech == "助詞",
+            unknown: w.unknown,
+        });
+    }
+}
+
 /// One token of the text being matched, reduced to what matching needs.
 #[derive(Debug, Clone)]
 struct Token {
@@ -192,25 +216,41 @@ impl Matcher {
     /// # Errors
     /// Only a tokeniser failure.
     pub fn find(&self, normalized: &str) -> Result<Findings, SegmentError> {
-        let inner = &*self.inner;
-        let mut tokens: Vec<Token> = Vec::new();
-        let mut lemmas = String::new();
-        let mut readings = String::new();
-        inner.segmenter.for_each_word(normalized, |w: Word<'_>| {
-            let key = lemma_key(w.base_form, w.part_of_speech);
-            let id = inner.vocabulary.get(&key).copied().unwrap_or(0);
-            lemmas.push(lemma_char(id));
-            let start = readings.len();
-            readings.push_str(&fold_kana(w.reading));
-            tokens.push(Token {
-                bytes: w.range,
-                reading: start..readings.len(),
-                function_word: w.part_of_speech == "助詞",
-                unknown: w.unknown,
-            });
+        let segmenter = &self.inner.segmenter;
+        let mut layers = Layers::default();
+        let mut guessed = false;
+        segmenter.for_each_word(normalized, |w: Word<'_>| {
+            guessed |= w.is_guessed_kana_run();
+            layers.push(&self.inner.vocabulary, &w);
         })?;
+        let mut findings = self.find_in(layers);
+        if guessed {
+            // IPADIC guessed the edges of a hiragana run; screen the re-cut reading too and
+            // keep what either reading finds.
+            let mut recut = Layers::default();
+            segmenter
+                .for_each_recut_word(normalized, |w| recut.push(&self.inner.vocabulary, &w))?;
+            let more = self.find_in(recut);
+            for hit in more.hits {
+                if !findings.hits.iter().any(|h| h.entry == hit.entry && h.bytes == hit.bytes) {
+                    findings.hits.push(hit);
+                }
+            }
+            for s in more.silenced {
+                if !findings.silenced.contains(&s) {
+                    findings.silenced.push(s);
+                }
+            }
+        }
+        Ok(findings)
+    }
+
+    /// Matches one tokenisation of an utterance.
+    fn find_in(&self, layers: Layers) -> Findings {
+        let inner = &*self.inner;
+        let Layers { tokens, lemmas, readings } = layers;
         if tokens.is_empty() {
-            return Ok(Findings::default());
+            return Findings::default();
         }
         let lemma_len = lemmas.len();
         let reading_offset = lemma_len + LAYER_SEPARATOR.len_utf8();
@@ -259,7 +299,7 @@ impl Matcher {
                 }
             }
         }
-        Ok(self.apply_context(&tokens, entry_spans, &rule_spans))
+        self.apply_context(&tokens, entry_spans, &rule_spans)
     }
 
     fn apply_context(

@@ -11,16 +11,22 @@
 //! less than a task switch would be worth, so the gRPC handlers call it inline (the rule of
 //! mini-redis's `db.rs`: no `spawn_blocking` until the benches say so).
 
+pub mod masks;
 pub mod matcher;
 pub mod normalize;
 pub mod segment;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use crate::error::ScreenError;
 use crate::policy::{Category, Severity};
+use masks::MaskFill;
 use matcher::Matcher;
-use normalize::normalize;
+use normalize::{MASK, Normalized, normalize};
+
+/// Bytes of the mask char ○ in UTF-8.
+const MASK_BYTES: usize = MASK.len_utf8();
 
 /// The words behind a detection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,12 +60,14 @@ pub struct Detection {
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     matcher: Matcher,
+    masks: Arc<MaskFill>,
 }
 
 impl Pipeline {
     /// Wraps a built matcher.
     pub fn new(matcher: Matcher) -> Self {
-        Self { matcher }
+        let masks = Arc::new(MaskFill::from_lexicon(matcher.lexicon()));
+        Self { matcher, masks }
     }
 
     /// The matcher this pipeline screens with.
@@ -82,7 +90,7 @@ impl Pipeline {
     /// # Errors
     /// [`ScreenError::Internal`] if the tokeniser fails.
     pub fn findings(&self, text: &str) -> Result<Vec<Finding>, ScreenError> {
-        let normalized = normalize(text);
+        let normalized = self.prepare(text)?;
         let found = self
             .matcher
             .find(normalized.as_str())
@@ -117,6 +125,92 @@ impl Pipeline {
                 }
             })
             .collect())
+    }
+}
+
+impl Pipeline {
+    /// Normalises `text` and fills its fuseji masks: exactly the text the matcher screens.
+    ///
+    /// # Errors
+    /// [`ScreenError::Internal`] if the tokeniser fails.
+    pub fn prepare(&self, text: &str) -> Result<Normalized, ScreenError> {
+        self.fill_masks(normalize(text))
+    }
+
+    /// Fills each lone fuseji mask (馬○) with the character that makes a lexicon entry hit
+    /// through it (see [`masks`]); masks nothing explains stay. Among fills, a hit that spans
+    /// both neighbours of the mask wins (馬鹿野郎 over 豚野郎 for 馬○野郎), then the more
+    /// severe, then a fill in the neighbour's script (クソ over クず).
+    fn fill_masks(&self, mut normalized: Normalized) -> Result<Normalized, ScreenError> {
+        for at in MaskFill::masks(normalized.as_str()) {
+            let window = MaskFill::trial_window(normalized.as_str(), at);
+            let mask = at - window.start;
+            let text = normalized.as_str();
+            let left = text[window.start..at].chars().next_back().map_or(0, char::len_utf8);
+            let right = text[at..window.end].chars().nth(1).map_or(0, char::len_utf8);
+            // (neighbours spanned, severity) of the best hit through the mask.
+            let score = |text: &str| {
+                let found = self
+                    .matcher
+                    .find(&text[window.clone()])
+                    .map_err(|e| ScreenError::Internal(e.to_string()))?;
+                Ok::<_, ScreenError>(
+                    found
+                        .hits
+                        .iter()
+                        .filter(|h| h.bytes.start <= mask && mask < h.bytes.end)
+                        .map(|h| {
+                            let spans_left = left > 0 && h.bytes.start + left <= mask;
+                            let spans_right = right > 0 && mask + MASK_BYTES + right <= h.bytes.end;
+                            (u8::from(spans_left) + u8::from(spans_right), h.severity)
+                        })
+                        .max(),
+                )
+            };
+            if score(text)?.is_some() {
+                continue; // the lexicon spells this mask itself (○ね)
+            }
+            let script = text[..at].chars().next_back().map(MaskFill::script);
+            let mut best: Option<((u8, Severity, bool), Normalized)> = None;
+            for c in self.masks.candidates(text, at) {
+                let Some(trial) = normalized.with_char_at(at, c) else { continue };
+                if let Some((spanned, severity)) = score(trial.as_str())? {
+                    let key = (spanned, severity, script == Some(MaskFill::script(c)));
+                    if best.as_ref().is_none_or(|(k, _)| key > *k) {
+                        best = Some((key, trial));
+                    }
+                }
+            }
+            if let Some((_, filled)) = best {
+                normalized = filled;
+            }
+        }
+        Ok(normalized)
+    }
+}
+
+/// The pipeline each tenant screens with: one shared pipeline, plus one for every tenant whose
+/// policy adds or disables lexicon entries (`lexicon_overlay`, `lexicon_disable`).
+#[derive(Debug, Clone)]
+pub struct Pipelines {
+    shared: Pipeline,
+    tenants: HashMap<String, Pipeline>,
+}
+
+impl Pipelines {
+    /// The shared pipeline plus per-tenant ones.
+    pub fn new(shared: Pipeline, tenants: HashMap<String, Pipeline>) -> Self {
+        Self { shared, tenants }
+    }
+
+    /// The pipeline for `tenant_id`: its own when it has an overlay, the shared one otherwise.
+    pub fn for_tenant(&self, tenant_id: &str) -> &Pipeline {
+        self.tenants.get(tenant_id).unwrap_or(&self.shared)
+    }
+
+    /// The shared pipeline (tenants without an overlay).
+    pub fn shared(&self) -> &Pipeline {
+        &self.shared
     }
 }
 
@@ -159,4 +253,70 @@ pub fn group(findings: impl IntoIterator<Item = Finding>) -> Vec<Detection> {
         d.evidence.dedup_by_key(|e| (e.start, e.end));
     }
     detections
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::OnceLock;
+
+    use super::*;
+    use crate::dictionary::Lexicon;
+    use crate::pipeline::segment::JapaneseSegmenter;
+
+    /// The repo's own lexicon, built once for all tests here.
+    fn pipeline() -> &'static Pipeline {
+        static PIPELINE: OnceLock<Pipeline> = OnceLock::new();
+        PIPELINE.get_or_init(|| {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dictionaries");
+            let lexicon = Lexicon::load_dir(&dir).expect("repo lexicon loads");
+            let segmenter = JapaneseSegmenter::try_new().expect("dictionary");
+            Pipeline::new(Matcher::build(lexicon, segmenter).expect("lexicon compiles"))
+        })
+    }
+
+    /// (quote, normalised, entry) of every piece of evidence for `text`.
+    fn evidence(text: &str) -> Vec<(String, String, String)> {
+        let detections = pipeline().screen(text).expect("screen");
+        detections
+            .into_iter()
+            .flat_map(|d| d.evidence)
+            .map(|e| (e.quote, e.normalized, e.entry_id))
+            .collect()
+    }
+
+    /// A lone mask is filled with the character the lexicon puts there; the quote keeps the
+    /// original mask and the normalised form shows the fill.
+    #[test]
+    fn lone_masks_are_filled_from_the_lexicon() {
+        for (text, quote, normalized) in [
+            ("馬〇", "馬〇", "馬鹿"),
+            ("バ〇じゃねえの", "バ〇", "バカ"),
+            ("土下〇しろ", "土下〇しろ", "土下座しろ"),
+            ("お前ぶっこ〇すぞ", "ぶっこ〇す", "ぶっころす"),
+        ] {
+            let found = evidence(text);
+            assert!(
+                found.iter().any(|(q, n, _)| q == quote && n == normalized),
+                "help: {text:?} gave {found:?}"
+            );
+        }
+    }
+
+    /// The fill that spans both neighbours wins over one that only touches one side.
+    #[test]
+    fn fill_prefers_the_phrase_around_the_mask() {
+        let found = evidence("馬○野郎");
+        assert!(found.iter().any(|(_, n, _)| n == "馬鹿野郎"), "help: got {found:?}");
+        assert!(found.iter().all(|(_, n, _)| !n.contains('豚')), "help: got {found:?}");
+    }
+
+    /// Redacted runs and masks nothing in the lexicon explains stay silent.
+    #[test]
+    fn unexplained_masks_stay_silent() {
+        for text in ["○○様の件です", "回答は○です", "担当は×です", "〇〇株式会社の者です"]
+        {
+            assert_eq!(evidence(text), Vec::new(), "help: {text:?}");
+        }
+    }
 }

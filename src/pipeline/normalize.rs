@@ -103,6 +103,19 @@ impl Normalized {
         &self.text
     }
 
+    /// A copy with the char at byte `at` replaced by `c`, keeping the offset map: used to fill
+    /// a fuseji mask. Returns `None` unless `at` starts a char of the same UTF-8 length as `c`
+    /// (so no other offset moves).
+    pub fn with_char_at(&self, at: usize, c: char) -> Option<Normalized> {
+        let old = self.text.get(at..)?.chars().next()?;
+        if old.len_utf8() != c.len_utf8() {
+            return None;
+        }
+        let mut text = self.text.clone();
+        text.replace_range(at..at + old.len_utf8(), c.encode_utf8(&mut [0; 4]));
+        Some(Normalized { text, spans: self.spans.clone(), original_len: self.original_len })
+    }
+
     /// Maps a byte range of the normalised text (on char boundaries) to the range of ORIGINAL
     /// text it came from, in Unicode scalar (char) offsets of the original string. The range
     /// covers every original char that contributed to any normalised char in the range, and
@@ -256,7 +269,8 @@ fn assemble(pieces: &[Piece], original_len: usize) -> Normalized {
 // ---------------------------------------------------------------------------------------------
 
 /// The canonical fuseji mask char every mask next to a Japanese word becomes.
-const MASK: char = '○';
+/// The one mask char every fuseji mask next to Japanese text becomes (see `canonicalise_masks`).
+pub const MASK: char = '○';
 
 /// Hiragana letters and iteration marks (not the combining voicing marks).
 fn is_hiragana(c: char) -> bool {

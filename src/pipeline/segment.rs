@@ -31,6 +31,13 @@ const DETAIL_READING: usize = 7;
 /// IPADIC's details index of the part of speech (品詞).
 const DETAIL_POS: usize = 0;
 
+thread_local! {
+    // One worker per thread: the worker owns a reusable lattice and is `&mut` only.
+    // The `Option` is filled on the first call with a clone of the caller's segmenter;
+    // all segmenters share the one embedded dictionary, so any of them will do.
+    static WORKER: RefCell<Option<SegmentWorker>> = const { RefCell::new(None) };
+}
+
 /// One word of the text, as the matcher sees it; borrowed for the duration of a callback.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Word<'a> {
@@ -47,6 +54,14 @@ pub struct Word<'a> {
     /// The word is not in the dictionary: lindera grouped characters of one script (a run
     /// of hiragana such as むのうだな), so its edges are guesses.
     pub unknown: bool,
+}
+
+impl Word<'_> {
+    /// An unknown run of hiragana that IPADIC may have cut wrong: the text has a second
+    /// reading ([`JapaneseSegmenter::for_each_recut_word`]).
+    pub fn is_guessed_kana_run(&self) -> bool {
+        self.unknown && is_hiragana(self.surface, GUESSED_RUN_CHARS)
+    }
 }
 
 /// An error from the tokeniser; lindera's own error type is kept out of our API.
@@ -91,12 +106,6 @@ impl JapaneseSegmenter {
         text: &str,
         mut each: impl FnMut(Word<'_>),
     ) -> Result<(), SegmentError> {
-        thread_local! {
-            // One worker per thread: the worker owns a reusable lattice and is `&mut` only.
-            // The `Option` is filled on the first call with a clone of the caller's segmenter;
-            // all segmenters share the one embedded dictionary, so any of them will do.
-            static WORKER: RefCell<Option<SegmentWorker>> = const { RefCell::new(None) };
-        }
         WORKER.with(|cell| {
             let mut slot = cell.borrow_mut();
             let worker = slot.get_or_insert_with(|| self.segmenter.new_worker());
@@ -106,24 +115,182 @@ impl JapaneseSegmenter {
                 let surface = &text[range.clone()];
                 let details = token.details();
                 let pick = |i: usize| match details.get(i) {
-                    Some(&d) if d != "*" && !d.is_empty() => d,
+                    Some(&d) if has_detail(Some(&d)) => d,
                     _ => surface,
                 };
-                let unknown =
-                    !matches!(details.get(DETAIL_READING), Some(&d) if d != "*" && !d.is_empty());
-                let word = Word {
+                each(Word {
                     range: range.clone(),
                     surface,
                     base_form: pick(DETAIL_BASE_FORM),
                     reading: pick(DETAIL_READING),
                     part_of_speech: details.get(DETAIL_POS).copied().unwrap_or(""),
-                    unknown,
-                };
-                each(word);
+                    unknown: !has_detail(details.get(DETAIL_READING)),
+                });
             }
             Ok(())
         })
     }
+
+    /// A second reading of `text` for when IPADIC guessed: if the text has an unknown run of
+    /// hiragana (see `repair_kana_runs`), calls `each` for every word of the re-cut text and
+    /// returns `true`; otherwise calls nothing and returns `false`. The matcher screens both
+    /// readings, since neither cut is always right (ほんと|むのうだな is better left alone,
+    /// かつ|ぎはおまえ is not).
+    ///
+    /// # Errors
+    /// Returns the tokeniser's error; none is known to occur on valid UTF-8.
+    pub fn for_each_recut_word(
+        &self,
+        text: &str,
+        mut each: impl FnMut(Word<'_>),
+    ) -> Result<bool, SegmentError> {
+        WORKER.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let worker = slot.get_or_insert_with(|| self.segmenter.new_worker());
+            let words = segment_owned(worker, text, 0)?;
+            if !words.iter().any(|w| w.is_guessed_kana_run(text)) {
+                return Ok(false);
+            }
+            let recut = repair_kana_runs(worker, text, words)?;
+            for w in &recut {
+                let surface = &text[w.range.clone()];
+                each(Word {
+                    range: w.range.clone(),
+                    surface,
+                    base_form: w.base_form.as_deref().unwrap_or(surface),
+                    reading: w.reading.as_deref().unwrap_or(surface),
+                    part_of_speech: &w.part_of_speech,
+                    unknown: w.reading.is_none(),
+                });
+            }
+            Ok(true)
+        })
+    }
+}
+
+/// A word with its details copied out of lindera's token (which borrows the worker).
+#[derive(Debug)]
+struct OwnedWord {
+    range: Range<usize>,
+    /// `None` when IPADIC has `*` (the caller falls back to the surface).
+    base_form: Option<String>,
+    /// `None` for unknown words.
+    reading: Option<String>,
+    part_of_speech: String,
+}
+
+impl OwnedWord {
+    /// An unknown word of three or more hiragana: IPADIC grouped a run it could not start a
+    /// known word in (ぎはおまえだからな after かつ), so its edges are probably wrong.
+    fn is_guessed_kana_run(&self, text: &str) -> bool {
+        self.reading.is_none() && is_hiragana(&text[self.range.clone()], GUESSED_RUN_CHARS)
+    }
+
+    fn unknown_chars(&self, text: &str) -> usize {
+        if self.reading.is_none() { text[self.range.clone()].chars().count() } else { 0 }
+    }
+}
+
+/// An unknown hiragana word this long is a run IPADIC grouped because it could not start a
+/// known word there; shorter ones are usually real (interjections, dialect endings).
+const GUESSED_RUN_CHARS: usize = 3;
+
+/// IPADIC writes `*` (or nothing) for a detail it does not know.
+fn has_detail(detail: Option<&&str>) -> bool {
+    matches!(detail, Some(&d) if d != "*" && !d.is_empty())
+}
+
+/// All hiragana (long-vowel mark included) and at least `min_chars` long.
+fn is_hiragana(s: &str, min_chars: usize) -> bool {
+    s.chars().count() >= min_chars && s.chars().all(|c| matches!(c, '\u{3041}'..='\u{309F}' | 'ー'))
+}
+
+/// Segments `text[offset..]`-relative `piece` and returns words with ranges in `text`.
+fn segment_owned(
+    worker: &mut SegmentWorker,
+    piece: &str,
+    offset: usize,
+) -> Result<Vec<OwnedWord>, SegmentError> {
+    let tokens = worker.segment(piece).map_err(|e| SegmentError(e.to_string()))?;
+    Ok(tokens
+        .into_iter()
+        .map(|mut token| {
+            let range = token.byte_start + offset..token.byte_end + offset;
+            let details = token.details();
+            let known = |i: usize| has_detail(details.get(i)).then(|| details[i].to_owned());
+            OwnedWord {
+                base_form: known(DETAIL_BASE_FORM),
+                reading: known(DETAIL_READING),
+                part_of_speech: details.get(DETAIL_POS).copied().unwrap_or("").to_owned(),
+                range,
+            }
+        })
+        .collect())
+}
+
+/// Re-cuts the edges of guessed hiragana runs, the way a reader would: IPADIC's lattice may
+/// let a known word swallow the first kana of the next one (かつ|ぎはおまえ for か|つぎは
+/// おまえ; いふ|ざけんな for い|ふざけんな), or start an unknown run one kana early
+/// (ょうただにしろよ). For each such run two re-cuts are tried, each segmented again on its
+/// own: the run without its first kana, and the run with the previous word's last kana. The cut
+/// that leaves the fewest unknown characters wins; with no improvement the words stay as they
+/// were. Ranges still cover every byte once, so evidence offsets are unaffected.
+fn repair_kana_runs(
+    worker: &mut SegmentWorker,
+    text: &str,
+    words: Vec<OwnedWord>,
+) -> Result<Vec<OwnedWord>, SegmentError> {
+    let mut out: Vec<OwnedWord> = Vec::with_capacity(words.len() + 4);
+    for word in words {
+        if !word.is_guessed_kana_run(text) {
+            out.push(word);
+            continue;
+        }
+        let run = word.range.clone();
+        let first_len = text[run.clone()].chars().next().map_or(0, char::len_utf8);
+        // Cut 1: the first kana alone, the rest segmented again.
+        let mut drop_first = vec![OwnedWord {
+            range: run.start..run.start + first_len,
+            base_form: None,
+            reading: None,
+            part_of_speech: String::new(),
+        }];
+        let rest = run.start + first_len..run.end;
+        drop_first.extend(segment_owned(worker, &text[rest.clone()], rest.start)?);
+        let mut best_cost = word.unknown_chars(text);
+        let mut best: Option<(bool, Vec<OwnedWord>)> = None;
+        let cost: usize = drop_first.iter().map(|w| w.unknown_chars(text)).sum();
+        if cost < best_cost {
+            best_cost = cost;
+            best = Some((false, drop_first));
+        }
+        // Cut 2: the previous word gives up its last kana to the run.
+        if let Some(prev) = out
+            .last()
+            .filter(|p| p.range.end == run.start && is_hiragana(&text[p.range.clone()], 2))
+        {
+            let prev_text = &text[prev.range.clone()];
+            let last_len = prev_text.chars().next_back().map_or(0, char::len_utf8);
+            let split = prev.range.end - last_len;
+            let mut regrown =
+                segment_owned(worker, &text[prev.range.start..split], prev.range.start)?;
+            regrown.extend(segment_owned(worker, &text[split..run.end], split)?);
+            let cost: usize = regrown.iter().map(|w| w.unknown_chars(text)).sum();
+            if cost < best_cost + prev.unknown_chars(text) {
+                best = Some((true, regrown));
+            }
+        }
+        match best {
+            Some((replaces_prev, words)) => {
+                if replaces_prev {
+                    out.pop();
+                }
+                out.extend(words);
+            }
+            None => out.push(word),
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -163,6 +330,36 @@ mod tests {
             let joined: String = words(text).into_iter().map(|(s, _, _)| s).collect();
             assert_eq!(joined, text.replace(' ', ""), "help: segmenting {text:?}");
         }
+    }
+
+    fn recut(text: &str) -> Option<Vec<(String, String, String)>> {
+        let seg = JapaneseSegmenter::try_new().expect("embedded dictionary loads");
+        let mut out = Vec::new();
+        let any = seg
+            .for_each_recut_word(text, |w| {
+                out.push((w.surface.to_owned(), w.base_form.to_owned(), w.reading.to_owned()))
+            })
+            .expect("segment");
+        any.then_some(out)
+    }
+
+    /// A hiragana run IPADIC grouped because a known word swallowed its first kana is cut
+    /// again: つぎ and おまえ come back in かつぎはおまえ, ふざける in おいふざけんな. Text
+    /// without such a run has no second reading.
+    #[test]
+    fn guessed_kana_runs_are_recut() {
+        let w = recut("聞こえたかつぎはおまえだからな").expect("has a guessed run");
+        assert!(w.iter().any(|(s, _, _)| s == "おまえ"), "help: got {w:?}");
+        assert!(w.iter().any(|(s, _, _)| s == "つぎ"), "help: got {w:?}");
+        let w = recut("おいふざけんなよこら").expect("has a guessed run");
+        assert!(w.iter().any(|(_, b, _)| b == "ふざける"), "help: got {w:?}");
+        for text in ["聞こえたかつぎはおまえだからな", "いっしょうただにしろよ"]
+        {
+            let joined: String =
+                recut(text).expect("recut").into_iter().map(|(s, _, _)| s).collect();
+            assert_eq!(joined, text, "help: re-cutting must keep every byte once");
+        }
+        assert_eq!(recut("土下座しろよ"), None);
     }
 
     /// Unknown words fall back to the surface rather than IPADIC's `*`.
