@@ -262,19 +262,27 @@ fn lexicon_check(config: Config, explain: &[String]) -> anyhow::Result<ExitCode>
             by_phrase.entry(alternative.as_str()).or_default().push(e);
         }
     }
-    let mut conflicts = 0;
+    let (mut conflicts, mut duplicates) = (0, 0);
     for (phrase, owners) in &by_phrase {
         let first = owners[0];
-        if owners.iter().any(|o| o.category == first.category && o.severity != first.severity) {
-            conflicts += 1;
+        let describe = || {
             let list: Vec<String> = owners
                 .iter()
                 .map(|o| format!("{} {}@{} ({})", o.id, o.category, o.severity, o.origin))
                 .collect();
-            println!("conflict: {phrase:?} is in {}", list.join(", "));
+            list.join(", ")
+        };
+        let same_category = || owners.iter().skip(1).filter(|o| o.category == first.category);
+        if same_category().any(|o| o.severity != first.severity) {
+            conflicts += 1;
+            println!("conflict: {phrase:?} is in {}", describe());
+        } else if same_category().next().is_some() {
+            // Harmless (the hits are grouped), but one of the two is redundant.
+            duplicates += 1;
+            println!("duplicate: {phrase:?} is in {}", describe());
         }
     }
-    println!("{conflicts} conflicting phrase(s)");
+    println!("{conflicts} conflicting phrase(s), {duplicates} duplicate phrase(s)");
     let segmenter = matcher.segmenter();
     for text in explain {
         let normalized = pipeline.prepare(text)?;

@@ -111,7 +111,8 @@ pub struct Matcher {
 #[derive(Debug)]
 struct Inner {
     automaton: AhoCorasick,
-    /// `targets[pattern id]`: every (owner, piece) that this pattern string stands for.
+    /// `targets[pattern id]`: every (owner, piece) that this pattern string stands for,
+    /// sorted by piece.
     targets: Vec<Vec<Target>>,
     vocabulary: HashMap<String, u32>,
     lexicon: Lexicon,
@@ -180,7 +181,10 @@ impl Matcher {
             compiler.encode(p, &vocabulary);
         }
         let Compiler { patterns, .. } = compiler;
-        let (strings, targets): (Vec<String>, Vec<Vec<Target>>) = patterns.into_iter().unzip();
+        let (strings, mut targets): (Vec<String>, Vec<Vec<Target>>) = patterns.into_iter().unzip();
+        for t in &mut targets {
+            t.sort_by_key(|t| t.piece); // first pieces first: `find_in` anchors on them
+        }
         let automaton = AhoCorasick::builder()
             .match_kind(MatchKind::Standard)
             .build(&strings)
@@ -258,8 +262,8 @@ impl Matcher {
         haystack.push(LAYER_SEPARATOR);
         haystack.push_str(&readings);
 
-        // (owner, piece, token span), collected from both layers.
-        let mut pieces: Vec<(Owner, u16, Range<usize>)> = Vec::new();
+        // (pattern, token span) of every hit in either layer.
+        let mut matches: Vec<(usize, Range<usize>)> = Vec::new();
         for m in inner.automaton.find_overlapping_iter(&haystack) {
             let span = if m.end() <= lemma_len {
                 // Each token is one 4-byte scalar in the base-form layer.
@@ -277,11 +281,31 @@ impl Matcher {
             } else {
                 continue; // cannot happen: no pattern contains the separator
             };
-            for t in &inner.targets[m.pattern().as_usize()] {
+            matches.push((m.pattern().as_usize(), span));
+        }
+        // Only owners whose first piece hit can match at all. Endings such as ぞ or から are
+        // later pieces of hundreds of entries and hit in most sentences; skipping owners
+        // without an anchor keeps the piece list (and its sort) small.
+        let entry_count = inner.lexicon.entries.len();
+        let slot = |owner: Owner| match owner {
+            Owner::Entry(i) => i as usize,
+            Owner::Rule(i) => entry_count + i as usize,
+        };
+        let mut anchored = vec![false; entry_count + inner.lexicon.rules.len()];
+        for (p, _) in &matches {
+            // Targets are sorted by piece, so the first pieces come first.
+            for t in inner.targets[*p].iter().take_while(|t| t.piece == 0) {
+                anchored[slot(t.owner)] = true;
+            }
+        }
+        // (owner, piece, token span) of anchored owners.
+        let mut pieces: Vec<(Owner, u16, Range<usize>)> = Vec::new();
+        for (p, span) in &matches {
+            for t in inner.targets[*p].iter().filter(|t| anchored[slot(t.owner)]) {
                 pieces.push((t.owner, t.piece, span.clone()));
             }
         }
-        pieces.sort_by_key(|p| (p.0, p.1, p.2.start, p.2.end));
+        pieces.sort_unstable_by_key(|p| (p.0, p.1, p.2.start, p.2.end));
         pieces.dedup();
 
         let mut entry_spans: Vec<(usize, Range<usize>)> = Vec::new();
