@@ -666,6 +666,7 @@ fn has_lookalike(p: &[Piece]) -> bool {
 /// A lookalike kanji becomes its katakana when it has a katakana neighbour on one side and no
 /// kanji on the other, so 工事 and 二人 keep their kanji (テレビ工事 has 事 after 工). It runs
 /// before the elongation steps so ニ〜 folds like any katakana.
+#[expect(clippy::ptr_arg, reason = "every step has the signature of `Step::apply`")]
 fn fold_katakana_lookalikes(p: &mut Vec<Piece>) {
     for i in 0..p.len() {
         let Some(to) = lookalike(p[i].ch) else { continue };
