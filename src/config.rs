@@ -67,6 +67,9 @@ pub struct TenantPolicy {
     pub idle_timeout: Duration,
     /// Entries this tenant adds to, or disables in, the shared lexicon.
     pub lexicon: LexiconOverlay,
+    /// Mask phone numbers, e-mail addresses, card-like numbers and street numbers in evidence
+    /// (default true).
+    pub mask_personal_data: bool,
 }
 
 /// A tenant's changes to the shared lexicon: a directory of extra lexicon files (entries and
@@ -97,6 +100,7 @@ impl Default for TenantPolicy {
             cooldown: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(600),
             lexicon: LexiconOverlay::default(),
+            mask_personal_data: true,
         }
     }
 }
@@ -203,6 +207,7 @@ struct PolicySection {
     idle_timeout: Option<String>,
     lexicon_overlay: Option<PathBuf>,
     lexicon_disable: Option<Vec<String>>,
+    mask_personal_data: Option<bool>,
 }
 
 impl PolicySection {
@@ -214,6 +219,9 @@ impl PolicySection {
         errors: &mut Vec<String>,
     ) -> TenantPolicy {
         let mut out = base.clone();
+        if let Some(mask) = self.mask_personal_data {
+            out.mask_personal_data = mask;
+        }
         if let Some(overlay) = self.lexicon_overlay {
             out.lexicon.dir = Some(dir.join(overlay));
         }

@@ -80,13 +80,18 @@ pub fn load_pipelines(config: &Config) -> Result<Pipelines, ServerError> {
             Matcher::build(lexicon.with_overlay(overlay)?, JapaneseSegmenter::try_new()?)?;
         Ok(Pipeline::new(matcher))
     };
-    let default = &config.policy.default.lexicon;
-    let shared = build(default)?;
+    let default = &config.policy.default;
+    let shared = build(&default.lexicon)?.masking_personal_data(default.mask_personal_data);
     let mut tenants = std::collections::HashMap::new();
     for (tenant, policy) in &config.policy.tenants {
-        if &policy.lexicon != default {
-            tenants.insert(tenant.clone(), build(&policy.lexicon)?);
-        }
+        let pipeline = if policy.lexicon != default.lexicon {
+            build(&policy.lexicon)?
+        } else if policy.mask_personal_data != default.mask_personal_data {
+            shared.clone() // the same automaton; only the masking differs
+        } else {
+            continue;
+        };
+        tenants.insert(tenant.clone(), pipeline.masking_personal_data(policy.mask_personal_data));
     }
     tracing::info!(
         entries = shared.matcher().entries().len(),

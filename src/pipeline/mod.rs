@@ -14,6 +14,7 @@
 pub mod masks;
 pub mod matcher;
 pub mod normalize;
+pub mod pii;
 pub mod segment;
 
 use std::collections::{BTreeMap, HashMap};
@@ -61,13 +62,19 @@ pub struct Detection {
 pub struct Pipeline {
     matcher: Matcher,
     masks: Arc<MaskFill>,
+    mask_personal_data: bool,
 }
 
 impl Pipeline {
-    /// Wraps a built matcher.
+    /// Wraps a built matcher; evidence has personal data masked ([`pii`]).
     pub fn new(matcher: Matcher) -> Self {
         let masks = Arc::new(MaskFill::from_lexicon(matcher.lexicon()));
-        Self { matcher, masks }
+        Self { matcher, masks, mask_personal_data: true }
+    }
+
+    /// The same pipeline (sharing its automaton), masking personal data in evidence or not.
+    pub fn masking_personal_data(&self, mask: bool) -> Self {
+        Self { mask_personal_data: mask, ..self.clone() }
     }
 
     /// The matcher this pipeline screens with.
@@ -115,10 +122,11 @@ impl Pipeline {
                     family: entry.family.clone(),
                     track_only: entry.flags.track,
                     evidence: Evidence {
-                        quote: original[span.clone()].iter().collect(),
+                        quote: self.personal_data_masked(original[span.clone()].iter().collect()),
                         start: span.start,
                         end: span.end,
-                        normalized: normalized.as_str()[hit.bytes].to_owned(),
+                        normalized: self
+                            .personal_data_masked(normalized.as_str()[hit.bytes].to_owned()),
                         entry_id: entry.id.clone(),
                         reason,
                     },
@@ -129,6 +137,16 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    fn personal_data_masked(&self, text: String) -> String {
+        if !self.mask_personal_data {
+            return text;
+        }
+        match pii::mask(&text) {
+            std::borrow::Cow::Borrowed(_) => text,
+            std::borrow::Cow::Owned(masked) => masked,
+        }
+    }
+
     /// Normalises `text` and fills its fuseji masks: exactly the text the matcher screens.
     ///
     /// # Errors
@@ -190,7 +208,8 @@ impl Pipeline {
 }
 
 /// The pipeline each tenant screens with: one shared pipeline, plus one for every tenant whose
-/// policy adds or disables lexicon entries (`lexicon_overlay`, `lexicon_disable`).
+/// policy adds or disables lexicon entries (`lexicon_overlay`, `lexicon_disable`) or masks
+/// personal data differently (`mask_personal_data`).
 #[derive(Debug, Clone)]
 pub struct Pipelines {
     shared: Pipeline,
@@ -355,5 +374,24 @@ mod tests {
         ] {
             assert_eq!(pipeline().screen(text).expect("screen"), Vec::new(), "help: {text:?}");
         }
+    }
+
+    /// A phone number inside the quoted words is masked (offsets unchanged) unless the tenant
+    /// turned masking off.
+    #[test]
+    fn evidence_masks_personal_data() {
+        let text = "担当の名前と携帯090-1234-5678をネットに晒してやる";
+        let quote = |p: &Pipeline| {
+            let found = p.screen(text).expect("screen");
+            let e = found.into_iter().flat_map(|d| d.evidence).next().expect("exposure threat");
+            let original: String = text.chars().skip(e.start).take(e.end - e.start).collect();
+            (e.quote, original)
+        };
+        let (masked, original) = quote(pipeline());
+        assert!(masked.contains("***-****-****"), "help: got {masked:?}");
+        assert!(!masked.contains("1234"), "help: got {masked:?}");
+        assert_eq!(masked.chars().count(), original.chars().count());
+        let (plain, _) = quote(&pipeline().masking_personal_data(false));
+        assert!(plain.contains("090-1234-5678"), "help: got {plain:?}");
     }
 }
