@@ -31,6 +31,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Capacity of the alert fan-out per subscriber.
     pub alert_buffer: usize,
+    /// Admission limits: open conversations, segments per second.
+    pub limits: crate::limits::Limits,
 }
 
 impl Default for Config {
@@ -40,6 +42,7 @@ impl Default for Config {
             lexicon_dir: PathBuf::from(DEFAULT_LEXICON_DIR),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             alert_buffer: DEFAULT_ALERT_BUFFER,
+            limits: crate::limits::Limits::default(),
         }
     }
 }

@@ -17,6 +17,22 @@ pub enum ScreenError {
         /// What is wrong with it, without its value.
         description: String,
     },
+    /// The conversation id is already live on another stream.
+    #[error("{field}: {description}")]
+    AlreadyExists {
+        /// The request field that names the conflict.
+        field: &'static str,
+        /// What conflicts.
+        description: String,
+    },
+    /// A limit is reached: open conversations, or segments per second.
+    #[error("{field}: {description}")]
+    ResourceExhausted {
+        /// The request (part) that is over the limit.
+        field: &'static str,
+        /// Which limit, and its value.
+        description: String,
+    },
     /// The request is valid but out of order (a segment before `ConversationStart`).
     #[error("{0}")]
     FailedPrecondition(String),
@@ -42,6 +58,14 @@ impl From<ScreenError> for Status {
                 let message = format!("invalid {field}: {description}");
                 let details = ErrorDetails::with_bad_request_violation(field, description);
                 Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            ScreenError::AlreadyExists { field, description } => {
+                let details = ErrorDetails::with_bad_request_violation(field, description.clone());
+                Status::with_error_details(Code::AlreadyExists, description, details)
+            }
+            ScreenError::ResourceExhausted { field, description } => {
+                let details = ErrorDetails::with_bad_request_violation(field, description.clone());
+                Status::with_error_details(Code::ResourceExhausted, description, details)
             }
             ScreenError::FailedPrecondition(message) => Status::failed_precondition(message),
             ScreenError::Unavailable => Status::unavailable("server is shutting down"),

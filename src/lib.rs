@@ -17,7 +17,7 @@
 //! - [`policy`]: category and severity codes, policy words and the response ladder.
 //! - [`dictionary`]: lexicon files (`dictionaries/**/*.tsv`) parsed and validated.
 //! - [`pipeline`]: the synchronous screening pipeline (no tokio inside).
-//! - [`conversation`]: one conversation's state and limits.
+//! - [`conversation`]: one conversation's state and limits; [`limits`]: admission limits.
 //! - [`alert`]: alerts, ids, filters and the fan-out hub.
 //! - [`grpc`]: thin tonic services; [`error`]: the one error-to-status mapping.
 //! - [`server`]: wiring, health, reflection and graceful shutdown; [`config`], [`shutdown`].
@@ -34,6 +34,7 @@ pub mod dictionary;
 pub mod error;
 pub mod eval;
 pub mod grpc;
+pub mod limits;
 pub mod pipeline;
 pub mod policy;
 pub mod server;

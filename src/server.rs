@@ -43,6 +43,8 @@ pub struct Shared {
     pub callers: CallerHistory,
     /// Per-tenant policy.
     pub policy: PolicySet,
+    /// Open conversations, for the admission limits.
+    pub live: Arc<crate::limits::LiveConversations>,
     /// Cancelled when the server starts draining.
     pub shutdown: CancellationToken,
     /// Every stream task, so shutdown can wait for them.
@@ -130,6 +132,7 @@ pub async fn run(
         alert_ids: AlertIds::default(),
         callers: CallerHistory::default(),
         policy: config.policy.clone(),
+        live: crate::limits::LiveConversations::new(config.limits),
         shutdown: token.clone(),
         tasks: TaskTracker::new(),
     });

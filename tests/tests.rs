@@ -4,6 +4,8 @@
 mod alerts;
 /// Streaming conversations in and reading verdicts; ScreenText; bad input.
 mod ingest;
+/// Admission limits: duplicate live ids, open conversations, segment floods.
+mod limits;
 /// Per-tenant lexicon overlays: added and disabled entries, refused bad overlays.
 mod overlays;
 /// The dev corpus scored through gRPC, against quality floors.

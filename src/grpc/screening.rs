@@ -111,7 +111,8 @@ async fn run_conversation(
 ) -> Result<(), Status> {
     use pb::screen_request::Kind;
 
-    let mut conversation = match inbound.next().await {
+    // `_admitted` holds the conversation's slot until this function returns.
+    let (mut conversation, _admitted) = match inbound.next().await {
         None => return Ok(()),
         Some(message) => match message?.kind {
             Some(Kind::Start(start)) => {
@@ -130,8 +131,9 @@ async fn run_conversation(
                     started_at,
                 };
                 info.validate()?;
+                let admitted = shared.live.open(&info.tenant_id, &info.conversation_id)?;
                 let policy = shared.policy.for_tenant(&info.tenant_id).clone();
-                Conversation::open(info, policy, &shared.callers)
+                (Conversation::open(info, policy, &shared.callers), admitted)
             }
             Some(_) => {
                 return Err(ScreenError::FailedPrecondition(
@@ -153,6 +155,7 @@ async fn run_conversation(
     async move {
         tracing::debug!("conversation started");
         let idle_timeout = conversation.policy().idle_timeout;
+        let mut rate = shared.live.segment_rate();
         let reason = loop {
             let message = match tokio::time::timeout(idle_timeout, inbound.next()).await {
                 Err(_) => break "idle",
@@ -161,6 +164,7 @@ async fn run_conversation(
             };
             match message.kind {
                 Some(Kind::Segment(segment)) => {
+                    rate.admit()?;
                     let segment = SegmentIn {
                         seq: segment.seq,
                         speaker: speaker_from_pb("segment.speaker", segment.speaker)?,

@@ -1,4 +1,5 @@
-//! Fuseji (伏せ字): filling a mask that stands for one character (馬○, ク○野郎, ころ○てやる).
+//! Characters that stand for others: fuseji (伏せ字) masks that stand for one character (馬○,
+//! ク○野郎, ころ○てやる), and kanji that look like katakana typed inside a katakana word (バ力).
 //!
 //! The normaliser turns every mask next to Japanese text into ○. A lexicon could list masked
 //! spellings one by one, but customers put the mask anywhere. Instead, for each lone ○ we ask
@@ -104,7 +105,71 @@ impl MaskFill {
     }
 }
 
+/// Kanji that look like katakana, typed inside a katakana word to dodge filters (バ力, ク口ス,
+/// 夕ヒね), with the katakana they stand for.
+const KATAKANA_LOOKALIKES: &[(char, char)] = &[
+    ('力', 'カ'),
+    ('口', 'ロ'),
+    ('工', 'エ'),
+    ('夕', 'タ'),
+    ('卜', 'ト'),
+    ('二', 'ニ'),
+    ('八', 'ハ'),
+    ('才', 'オ'),
+];
+
+/// Where a lookalike kanji stands inside a katakana word: (byte offset, the katakana it stands
+/// for). It must follow katakana and not precede kanji, so 工事, 二人 and 口コミ keep their
+/// kanji (テレビ工事 has 事 after 工). This runs on normalised text, after the
+/// normaliser, which it leaves idempotent; the char is replaced one for one (both three bytes),
+/// so offsets do not move.
+pub fn katakana_lookalikes(text: &str) -> Vec<(usize, char)> {
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let katakana = |c: char| matches!(c, '\u{30A1}'..='\u{30FA}' | 'ー');
+    let kanji = |c: char| ('\u{4E00}'..='\u{9FFF}').contains(&c);
+    (0..chars.len())
+        .filter_map(|i| {
+            let (at, c) = chars[i];
+            let to = KATAKANA_LOOKALIKES.iter().find(|(k, _)| *k == c)?.1;
+            let before = i.checked_sub(1).map(|k| chars[k].1);
+            let after = chars.get(i + 1).map(|x| x.1);
+            // After katakana only: a lookalike that starts a word is usually the real kanji
+            // (口コミ, 二キロ).
+            let inside = before.is_some_and(katakana) && !after.is_some_and(kanji);
+            inside.then_some((at, to))
+        })
+        .collect()
+}
+
 /// Kana and kanji: the characters a mask can stand for, all three bytes in UTF-8 like ○.
 fn fills_a_mask(c: char) -> bool {
     matches!(c, '\u{3041}'..='\u{3096}' | '\u{30A1}'..='\u{30FA}' | 'ー' | '\u{4E00}'..='\u{9FFF}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lookalikes inside katakana words are found; kanji words are left alone.
+    #[test]
+    fn lookalikes_inside_katakana_words() {
+        let fold = |text: &str| {
+            let mut out: Vec<char> = text.chars().collect();
+            for (at, to) in katakana_lookalikes(text) {
+                out[text[..at].chars().count()] = to;
+            }
+            out.into_iter().collect::<String>()
+        };
+        for (text, expected) in [
+            ("バ力じゃないの", "バカじゃないの"),
+            ("ク口ス", "クロス"),
+            ("口コミに書く", "口コミに書く"),
+            ("テレビ工事", "テレビ工事"),
+            ("協力します", "協力します"),
+            ("二人で", "二人で"),
+            ("二口", "二口"),
+        ] {
+            assert_eq!(fold(text), expected, "help: {text:?}");
+        }
+    }
 }

@@ -147,12 +147,19 @@ impl Pipeline {
         }
     }
 
-    /// Normalises `text` and fills its fuseji masks: exactly the text the matcher screens.
+    /// Normalises `text`, reads katakana lookalike kanji as katakana (バ力 → バカ) and fills
+    /// fuseji masks: exactly the text the matcher screens.
     ///
     /// # Errors
     /// [`ScreenError::Internal`] if the tokeniser fails.
     pub fn prepare(&self, text: &str) -> Result<Normalized, ScreenError> {
-        self.fill_masks(normalize(text))
+        let mut normalized = normalize(text);
+        for (at, katakana) in masks::katakana_lookalikes(normalized.as_str()) {
+            if let Some(folded) = normalized.with_char_at(at, katakana) {
+                normalized = folded;
+            }
+        }
+        self.fill_masks(normalized)
     }
 
     /// Fills each lone fuseji mask (馬○) with the character that makes a lexicon entry hit

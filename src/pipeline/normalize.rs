@@ -23,13 +23,11 @@
 //! 5. `strip_laughter` — `w` runs used as laughter (死ねwww), not `w` inside ASCII words.
 //! 6. `squash_separators` — whitespace and ・ . _ - / … between two Japanese chars (し ね,
 //!    バ・カ, 死.ね); other whitespace runs collapse to one space and the ends are trimmed.
-//! 7. `katakana_lookalikes` — kanji that look like katakana inside a katakana word
-//!    (バ力 → バカ, ク口ス → クロス), not 工事 or 二人.
-//! 8. `fold_elongation` — ー 〜 ~ after hiragana removed (しねー), after katakana one ー kept.
-//! 9. `drop_vowel_runs` — vowels that only stretch the previous kana (しねええ, しねぇ).
-//! 10. `collapse_repeats` — a kana repeated three or more times becomes one (ええええ → え).
-//! 11. `undo_disguises` — fixed spellings of 死 (the `DISGUISES` table: タヒね, 氏ね, 市ね, 4ね).
-//! 12. `canonicalise_masks` — fuseji masks next to kana/kanji become one mask char, ○.
+//! 7. `fold_elongation` — ー 〜 ~ after hiragana removed (しねー), after katakana one ー kept.
+//! 8. `drop_vowel_runs` — vowels that only stretch the previous kana (しねええ, しねぇ).
+//! 9. `collapse_repeats` — a kana repeated three or more times becomes one (ええええ → え).
+//! 10. `undo_disguises` — fixed spellings of 死 (the `DISGUISES` table: タヒね, 氏ね, 市ね, 4ね).
+//! 11. `canonicalise_masks` — fuseji masks next to kana/kanji become one mask char, ○.
 //!
 //! # Two deliberate deviations from the usual (charabia) normaliser
 //! * **NFKC, not NFKD.** IPADIC's entries are composed (が, not か + U+3099), so decomposed
@@ -244,11 +242,6 @@ const NORMALIZERS: &[Step] = &[
     Step { name: "strip_emoji", should_apply: has_emoji, apply: strip_emoji },
     Step { name: "strip_laughter", should_apply: has_w, apply: strip_laughter },
     Step { name: "squash_separators", should_apply: has_separator, apply: squash_separators },
-    Step {
-        name: "katakana_lookalikes",
-        should_apply: has_lookalike,
-        apply: fold_katakana_lookalikes,
-    },
     Step { name: "fold_elongation", should_apply: has_elongation, apply: fold_elongation },
     Step { name: "drop_vowel_runs", should_apply: has_extension_vowel, apply: drop_vowel_runs },
     Step { name: "collapse_repeats", should_apply: has_three, apply: collapse_repeats },
@@ -639,49 +632,7 @@ fn squash_separators(p: &mut Vec<Piece>) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Step 7: katakana lookalikes
-// ---------------------------------------------------------------------------------------------
-
-/// Kanji that look like katakana, typed inside a katakana word to dodge filters (バ力, ク口ス,
-/// 夕ヒね), with the katakana they stand for.
-const KATAKANA_LOOKALIKES: &[(char, char)] = &[
-    ('力', 'カ'),
-    ('口', 'ロ'),
-    ('工', 'エ'),
-    ('夕', 'タ'),
-    ('卜', 'ト'),
-    ('二', 'ニ'),
-    ('八', 'ハ'),
-    ('才', 'オ'),
-];
-
-fn lookalike(c: char) -> Option<char> {
-    KATAKANA_LOOKALIKES.iter().find(|(k, _)| *k == c).map(|(_, to)| *to)
-}
-
-fn has_lookalike(p: &[Piece]) -> bool {
-    p.iter().any(|x| lookalike(x.ch).is_some())
-}
-
-/// A lookalike kanji becomes its katakana when it has a katakana neighbour on one side and no
-/// kanji on the other, so 工事 and 二人 keep their kanji (テレビ工事 has 事 after 工). It runs
-/// before the elongation steps so ニ〜 folds like any katakana.
-#[expect(clippy::ptr_arg, reason = "every step has the signature of `Step::apply`")]
-fn fold_katakana_lookalikes(p: &mut Vec<Piece>) {
-    for i in 0..p.len() {
-        let Some(to) = lookalike(p[i].ch) else { continue };
-        let before = i.checked_sub(1).map(|k| p[k].ch);
-        let after = p.get(i + 1).map(|x| x.ch);
-        let katakana_word = (before.is_some_and(is_katakana) && !after.is_some_and(is_kanji))
-            || (after.is_some_and(is_katakana) && !before.is_some_and(is_kanji));
-        if katakana_word && !carries_mark(p, i) {
-            p[i].ch = to;
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Step 8: elongation marks
+// Step 7: elongation marks
 // ---------------------------------------------------------------------------------------------
 
 fn has_elongation(p: &[Piece]) -> bool {
@@ -717,7 +668,7 @@ fn fold_elongation(p: &mut Vec<Piece>) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Step 9: vowel runs
+// Step 8: vowel runs
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -804,7 +755,7 @@ fn drop_vowel_runs(p: &mut Vec<Piece>) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Step 10: repeats
+// Step 9: repeats
 // ---------------------------------------------------------------------------------------------
 
 fn has_three(p: &[Piece]) -> bool {
@@ -840,7 +791,7 @@ fn collapse_repeats(p: &mut Vec<Piece>) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Step 11: fixed disguises
+// Step 10: fixed disguises
 // ---------------------------------------------------------------------------------------------
 
 /// A fixed disguised spelling: `from` becomes the single char `to` when `applies` holds for
@@ -923,7 +874,7 @@ fn undo_disguises(p: &mut Vec<Piece>) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Step 12: fuseji masks
+// Step 11: fuseji masks
 // ---------------------------------------------------------------------------------------------
 
 fn has_mask(p: &[Piece]) -> bool {
@@ -1038,7 +989,6 @@ mod tests {
                 "strip_emoji",
                 "strip_laughter",
                 "squash_separators",
-                "katakana_lookalikes",
                 "fold_elongation",
                 "drop_vowel_runs",
                 "collapse_repeats",
@@ -1227,23 +1177,6 @@ mod tests {
     #[test]
     fn step_collapse_repeats() {
         check_step("collapse_repeats", COLLAPSE_REPEATS);
-    }
-
-    /// Kanji typed for katakana inside katakana words, and kanji words left alone.
-    const KATAKANA_LOOKALIKES_ROWS: &[Row] = &[
-        t!("力 for カ", "バ力じゃないの", "バカじゃないの"),
-        t!("口 for ロ", "ク口ス", "クロス"),
-        t!("夕 for タ before katakana", "夕ヒね", "タヒね"),
-        t!("two lookalikes", "二口", "二口"),
-        t!("trap: 工事 after katakana", "テレビ工事", "テレビ工事"),
-        t!("trap: 力 between kanji", "協力します", "協力します"),
-        t!("trap: 二人", "二人で", "二人で"),
-    ];
-
-    /// Every row of `KATAKANA_LOOKALIKES_ROWS` through `katakana_lookalikes` alone.
-    #[test]
-    fn step_katakana_lookalikes() {
-        check_step("katakana_lookalikes", KATAKANA_LOOKALIKES_ROWS);
     }
 
     /// Fixed disguised spellings of 死 that no other step can see through.
