@@ -1,5 +1,7 @@
 //! Integration tests: one binary (ripgrep's layout), each module with one purpose.
 
+/// Thousands of malformed requests over real gRPC, then screening still works.
+mod adversarial;
 /// Supervisors receiving alerts on Subscribe while a conversation streams.
 mod alerts;
 /// Streaming conversations in and reading verdicts; ScreenText; bad input.
