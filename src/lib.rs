@@ -22,6 +22,7 @@
 //! - [`grpc`]: thin tonic services; [`error`]: the one error-to-status mapping.
 //! - [`server`]: wiring, health, reflection and graceful shutdown; [`config`], [`shutdown`].
 //! - [`eval`]: scoring a labelled corpus; [`client`]: replaying one through the gRPC API.
+//! - [`loadgen`]: the load generator (`kasuhara-guard loadgen`).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -35,6 +36,7 @@ pub mod error;
 pub mod eval;
 pub mod grpc;
 pub mod limits;
+pub mod loadgen;
 pub mod pipeline;
 pub mod policy;
 pub mod server;

@@ -8,6 +8,8 @@ mod alerts;
 mod ingest;
 /// Admission limits: duplicate live ids, open conversations, segment floods.
 mod limits;
+/// The load generator against a real server: counts and report shape, not speed.
+mod loadgen;
 /// Per-tenant lexicon overlays: added and disabled entries, refused bad overlays.
 mod overlays;
 /// The dev corpus scored through gRPC, against quality floors.

@@ -1,4 +1,4 @@
-//! The `kasuhara-guard` command: `serve`, `screen`, `eval`. A thin shell over the library:
+//! The `kasuhara-guard` command: `serve`, `screen`, `lexicon`, `eval`, `loadgen`. A thin shell over the library:
 //! parse flags, set up logging, call in.
 
 use std::io::{BufRead, Write};
@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use kasuhara_guard::config::{self, Config};
 use kasuhara_guard::conversation::check_text;
 use kasuhara_guard::pipeline::Detection;
-use kasuhara_guard::{client, eval, server, shutdown};
+use kasuhara_guard::{client, eval, loadgen, server, shutdown};
 
 /// Real-time screening of contact-centre transcripts for customer harassment (カスハラ).
 #[derive(Debug, Parser)]
@@ -96,6 +96,44 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load a server with concurrent conversations and a supervisor; report throughput,
+    /// verdict and alert latency, errors, and the server's CPU and RSS.
+    Loadgen(LoadgenArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct LoadgenArgs {
+    /// The server (HOST:PORT or http://HOST:PORT); ignored with --spawn.
+    #[arg(long, default_value = config::DEFAULT_ADDR)]
+    addr: String,
+    /// Start `kasuhara-guard serve` on a free loopback port and load it (reports start-up
+    /// time and the server's CPU and RSS).
+    #[arg(long)]
+    spawn: bool,
+    /// The server's pid, for CPU and RSS, when it runs on this machine.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Concurrent conversations.
+    #[arg(long, default_value_t = 100)]
+    conversations: usize,
+    /// Total segments per second in paced mode [default: 3.5 per conversation].
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Seconds of load (or of holding idle streams).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// paced: fixed rate; saturation: closed loop; idle: open and hold.
+    #[arg(long, value_enum, default_value_t = loadgen::Mode::Paced)]
+    mode: loadgen::Mode,
+    /// Utterances to speak: JSON Lines with "text", or plain lines.
+    #[arg(long, default_value = "../shared/eval/dev/utterances.jsonl")]
+    corpus: PathBuf,
+    /// Lexicon directory of the --spawn server.
+    #[arg(long, env = "KASUHARA_LEXICON_DIR", default_value = config::DEFAULT_LEXICON_DIR)]
+    lexicon_dir: PathBuf,
+    /// Print the report as one JSON line (the last line of stdout).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +197,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Eval { corpus, addr, lexicon, json } => {
             run_eval(corpus, addr, lexicon.config()?, json).await
         }
+        Command::Loadgen(args) => run_loadgen(args).await,
     }
 }
 
@@ -371,4 +410,44 @@ async fn run_eval(
         println!("{report}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `loadgen`: runs one load and prints the report (the JSON object last, with `--json`).
+async fn run_loadgen(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
+    let corpus = loadgen::load_corpus(&args.corpus)?;
+    let spawned = match args.spawn {
+        true => {
+            let exe = std::env::current_exe().context("cannot find this executable")?;
+            Some(loadgen::spawn_server(&exe, &args.lexicon_dir).await?)
+        }
+        false => None,
+    };
+    let endpoint = match &spawned {
+        Some(server) => server.endpoint.clone(),
+        None if args.addr.contains("://") => args.addr,
+        None => format!("http://{}", args.addr),
+    };
+    let config = loadgen::LoadConfig {
+        endpoint,
+        conversations: args.conversations,
+        rate: args
+            .rate
+            .unwrap_or(args.conversations as f64 * loadgen::DEFAULT_SEGMENTS_PER_CONVERSATION),
+        duration: Duration::from_secs_f64(args.duration),
+        mode: args.mode,
+        corpus: std::sync::Arc::new(corpus),
+        server_pid: spawned.as_ref().map(|s| s.pid).or(args.server_pid),
+        progress: true,
+    };
+    let report = loadgen::run(config).await?;
+    let mut value = serde_json::to_value(&report)?;
+    if let Some(server) = &spawned {
+        value["server_startup_ms"] = json!(server.startup.as_secs_f64() * 1000.0);
+    }
+    if args.json {
+        println!("{value}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    }
+    Ok(if report.errors > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

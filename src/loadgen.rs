@@ -1,0 +1,798 @@
+//! The load generator behind `kasuhara-guard loadgen`: many concurrent conversations over real
+//! gRPC against a running server, plus one supervisor on `AlertService.Subscribe`, with latency
+//! histograms and the server's CPU and memory.
+//!
+//! ```text
+//! conversation tasks ── Screen streams (interims, then a final) ──▶ server
+//!        ▲ verdict latency: segment sent → its verdict back          │
+//!        └── sent times per (conversation, seq) ◀── subscriber ◀──────┘ Subscribe
+//!                                              alert latency: segment sent → alert seen
+//! ```
+//!
+//! Each conversation speaks utterances from a corpus: an utterance goes out as a few growing
+//! interim hypotheses (prefixes of its text) and then its final text, as a streaming ASR would
+//! send it. Three modes:
+//!
+//! - **paced**: open loop, `rate` segments/s spread evenly over the conversations (with the
+//!   default rate, 3.5 segments/s per conversation: 2–5 interims/s and a final every 2–6 s).
+//!   A segment is sent on its tick whether or not earlier verdicts are back.
+//! - **saturation**: closed loop, each conversation sends its next segment as soon as the
+//!   verdict for the previous one arrives; the throughput is what the server sustains.
+//! - **idle**: every conversation opens and sends one final segment, then holds the stream
+//!   open for the duration; the server's RSS growth divided by the conversations is the
+//!   memory of one idle stream.
+//!
+//! Latencies are recorded from the moment the segment is handed to the stream's send buffer,
+//! so in paced mode a server that falls behind shows up as latency, not as a lower send rate
+//! (no coordinated omission up to the buffer, which is one segment deep).
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::pb;
+use crate::pb::alert_service_client::AlertServiceClient;
+use crate::pb::screening_service_client::ScreeningServiceClient;
+
+/// Conversations multiplexed on one HTTP/2 connection. Servers cap concurrent streams per
+/// connection (hyper's default is 200), and a platform with many calls opens several
+/// connections, so we do too.
+const CONVERSATIONS_PER_CONNECTION: usize = 100;
+/// Sent times remembered per conversation for matching alerts; older ones are forgotten, so
+/// a run's memory stays flat however long it lasts.
+const SENT_TIMES_KEPT: usize = 256;
+/// The tenant every generated conversation belongs to, and the subscriber listens to.
+const TENANT: &str = "loadgen";
+/// Slowest and fastest latency the histograms hold, in microseconds (1 µs to 60 s).
+const LATENCY_RANGE_US: (u64, u64) = (1, 60_000_000);
+/// Default segments per second per conversation in paced mode: a final plus 2–5 interims
+/// every 2–6 s of speech comes to about this.
+pub const DEFAULT_SEGMENTS_PER_CONVERSATION: f64 = 3.5;
+
+/// How the load is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A fixed total rate, open loop.
+    Paced,
+    /// As fast as verdicts come back, closed loop per conversation.
+    Saturation,
+    /// Open the conversations and hold them.
+    Idle,
+}
+
+/// One load run.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    /// The server, e.g. `http://127.0.0.1:50051`.
+    pub endpoint: String,
+    /// Concurrent conversations.
+    pub conversations: usize,
+    /// Total segments per second in paced mode.
+    pub rate: f64,
+    /// How long to apply load (or hold idle streams).
+    pub duration: Duration,
+    /// Paced, saturation or idle.
+    pub mode: Mode,
+    /// Utterance texts to speak, cycled.
+    pub corpus: Arc<Vec<String>>,
+    /// The server's process, for CPU and RSS; `None` when it is not on this machine.
+    pub server_pid: Option<u32>,
+    /// Print progress on stderr once a second.
+    pub progress: bool,
+}
+
+/// Why a run could not take place.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The corpus file could not be read.
+    #[error("cannot read the corpus {path}")]
+    Corpus {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The corpus holds no text.
+    #[error("the corpus {0} holds no text")]
+    EmptyCorpus(PathBuf),
+    /// The server could not be reached.
+    #[error("cannot connect to {endpoint}")]
+    Connect {
+        /// The address tried.
+        endpoint: String,
+        /// The cause.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// `--spawn`: the server process could not be started or did not start serving.
+    #[error("cannot start the server")]
+    Spawn(#[source] std::io::Error),
+    /// The address is not a valid URI.
+    #[error("invalid address {0:?}")]
+    Address(String),
+    /// The supervisor subscription was refused.
+    #[error("subscribe failed: {0}")]
+    Subscribe(tonic::Status),
+}
+
+/// Reads utterance texts from a file: JSON Lines with a `"text"` field (the `../shared/eval`
+/// format), or plain text, one utterance a line.
+///
+/// # Errors
+/// An unreadable file, or one without any text.
+pub fn load_corpus(path: &Path) -> Result<Vec<String>, LoadError> {
+    let content = std::fs::read_to_string(path)
+        .map_err(|source| LoadError::Corpus { path: path.to_owned(), source })?;
+    let texts: Vec<String> = content
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("text").and_then(|t| t.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| line.to_owned())
+        })
+        .filter(|text| !text.is_empty() && text.len() <= crate::conversation::MAX_TEXT_BYTES)
+        .collect();
+    if texts.is_empty() {
+        return Err(LoadError::EmptyCorpus(path.to_owned()));
+    }
+    Ok(texts)
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Slowest.
+    pub max: f64,
+    /// How many samples.
+    pub count: u64,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            p50: ms(histogram.value_at_quantile(0.50)),
+            p90: ms(histogram.value_at_quantile(0.90)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+            count: histogram.len(),
+        }
+    }
+}
+
+/// The server's resource use over the run, from `/proc/<pid>`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ServerUsage {
+    /// CPU time used during the run divided by wall time, in percent of one core.
+    pub cpu_percent: f64,
+    /// Resident memory before the conversations opened, in bytes.
+    pub rss_before_bytes: u64,
+    /// Resident memory with the conversations open (at the end of the load), in bytes.
+    pub rss_loaded_bytes: u64,
+    /// Peak resident memory (VmHWM), in bytes.
+    pub rss_peak_bytes: u64,
+    /// `(rss_loaded - rss_before) / conversations`: the memory of one open conversation.
+    pub rss_per_conversation_bytes: u64,
+}
+
+/// What a run measured; printed as the last JSON line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The mode.
+    pub mode: Mode,
+    /// Concurrent conversations.
+    pub conversations: usize,
+    /// Wall time of the load phase, in seconds.
+    pub duration_s: f64,
+    /// Segments sent.
+    pub segments: u64,
+    /// Segments sent per second of load.
+    pub segments_per_s: f64,
+    /// Customer text sent per second, in chars.
+    pub chars_per_s: f64,
+    /// Verdicts received.
+    pub verdicts: u64,
+    /// Alerts (new, confirmed or provisional) seen by the subscriber for our conversations.
+    pub alerts: u64,
+    /// Updates (confirmations, retractions) seen by the subscriber.
+    pub alert_updates: u64,
+    /// Subscriber events lost because the stream lagged, or alerts whose segment had been
+    /// forgotten; counted, not timed.
+    pub alerts_unmatched: u64,
+    /// Streams that failed to open or ended with an error status.
+    pub errors: u64,
+    /// Segment sent → its verdict received.
+    pub verdict_latency_ms: Percentiles,
+    /// Segment sent → its alert on the subscriber stream.
+    pub alert_latency_ms: Percentiles,
+    /// The server's CPU and memory, when its pid is known.
+    pub server: Option<ServerUsage>,
+}
+
+/// One conversation's sent segments, for matching verdicts and alerts to their send time.
+#[derive(Debug, Default)]
+struct SentTimes {
+    recent: Mutex<VecDeque<(u64, Instant)>>,
+}
+
+impl SentTimes {
+    fn record(&self, seq: u64, at: Instant) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == SENT_TIMES_KEPT {
+            recent.pop_front();
+        }
+        recent.push_back((seq, at));
+    }
+
+    fn get(&self, seq: u64) -> Option<Instant> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        // Seqs are pushed in increasing order.
+        recent.binary_search_by_key(&seq, |&(s, _)| s).ok().map(|i| recent[i].1)
+    }
+}
+
+/// Counters and histograms shared by every task of a run.
+struct Recorder {
+    sent: Vec<SentTimes>,
+    segments: AtomicU64,
+    chars: AtomicU64,
+    verdicts: AtomicU64,
+    alerts: AtomicU64,
+    alert_updates: AtomicU64,
+    alerts_unmatched: AtomicU64,
+    errors: AtomicU64,
+    verdict_latency: Mutex<Histogram<u64>>,
+    alert_latency: Mutex<Histogram<u64>>,
+}
+
+impl Recorder {
+    fn new(conversations: usize) -> Self {
+        let histogram = || {
+            // Invariant: the range constants are valid (low ≥ 1, high ≥ 2 × low, sigfig 3).
+            Histogram::new_with_bounds(LATENCY_RANGE_US.0, LATENCY_RANGE_US.1, 3)
+                .expect("valid histogram bounds")
+        };
+        Self {
+            sent: (0..conversations).map(|_| SentTimes::default()).collect(),
+            segments: AtomicU64::new(0),
+            chars: AtomicU64::new(0),
+            verdicts: AtomicU64::new(0),
+            alerts: AtomicU64::new(0),
+            alert_updates: AtomicU64::new(0),
+            alerts_unmatched: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            verdict_latency: Mutex::new(histogram()),
+            alert_latency: Mutex::new(histogram()),
+        }
+    }
+
+    fn latency(histogram: &Mutex<Histogram<u64>>, since: Instant) {
+        let us = (since.elapsed().as_micros() as u64).clamp(LATENCY_RANGE_US.0, LATENCY_RANGE_US.1);
+        // saturating_record never fails: the value is clamped to the range anyway.
+        histogram.lock().unwrap_or_else(|p| p.into_inner()).saturating_record(us);
+    }
+
+    fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The conversation id of the conversation with index `index`; the subscriber parses it back.
+fn conversation_id(index: usize) -> String {
+    format!("lg-{index}")
+}
+
+fn conversation_index(id: &str) -> Option<usize> {
+    id.strip_prefix("lg-")?.parse().ok()
+}
+
+/// A small deterministic generator (xorshift64*), so runs are repeatable without a crate.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+/// The segments of one utterance as an ASR would stream it: 2–5 growing interim prefixes,
+/// then the final text. Texts of a few chars go out final only.
+fn utterance_segments(text: &str, rng: &mut Rng) -> Vec<(String, bool)> {
+    let chars: Vec<char> = text.chars().collect();
+    let interims = if chars.len() < 6 { 0 } else { 2 + rng.below(4) as usize };
+    let mut segments: Vec<(String, bool)> = (1..=interims)
+        .map(|i| (chars[..chars.len() * i / (interims + 1)].iter().collect(), false))
+        .collect();
+    segments.push((text.to_owned(), true));
+    segments
+}
+
+/// Runs one load against `config.endpoint` and returns what it measured.
+///
+/// # Errors
+/// The server cannot be reached or the subscription is refused. Failures of single streams
+/// are counted in [`Report::errors`], not returned.
+pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
+    let connect = |endpoint: String| async move {
+        let channel = Channel::from_shared(endpoint.clone())
+            .map_err(|_| LoadError::Address(endpoint.clone()))?
+            .connect()
+            .await
+            .map_err(|source| LoadError::Connect { endpoint, source })?;
+        Ok::<_, LoadError>(channel)
+    };
+    let mut channels = Vec::new();
+    for _ in 0..config.conversations.div_ceil(CONVERSATIONS_PER_CONNECTION).max(1) {
+        channels.push(connect(config.endpoint.clone()).await?);
+    }
+    let recorder = Arc::new(Recorder::new(config.conversations));
+
+    let mut alerts_client = AlertServiceClient::new(connect(config.endpoint.clone()).await?);
+    let events = alerts_client
+        .subscribe(pb::SubscribeRequest { tenant_id: TENANT.into(), ..Default::default() })
+        .await
+        .map_err(LoadError::Subscribe)?
+        .into_inner();
+    let subscriber = tokio::spawn(subscribe(events, Arc::clone(&recorder)));
+
+    let usage_before = config.server_pid.and_then(ProcSample::read);
+    let started = Instant::now();
+    let stop_at = tokio::time::Instant::now() + config.duration;
+    let (opened_tx, mut opened_rx) = mpsc::channel::<()>(config.conversations.max(1));
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..config.conversations {
+        let client =
+            ScreeningServiceClient::new(channels[index / CONVERSATIONS_PER_CONNECTION].clone());
+        tasks.spawn(converse(
+            client,
+            index,
+            config.clone(),
+            Arc::clone(&recorder),
+            stop_at,
+            opened_tx.clone(),
+        ));
+    }
+    drop(opened_tx);
+
+    // Progress, and in idle mode the RSS once every conversation is open.
+    let mut opened = 0usize;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    let mut last_segments = 0;
+    let mut loaded_rss = None;
+    loop {
+        tokio::select! {
+            more = opened_rx.recv() => match more {
+                Some(()) => opened += 1,
+                None => break,
+            },
+            _ = ticker.tick() => {
+                let segments = recorder.segments.load(Ordering::Relaxed);
+                if config.progress {
+                    eprintln!(
+                        "[{:>4.0}s] open {opened}/{} · {} segments/s · verdicts {} · alerts {} · errors {}",
+                        started.elapsed().as_secs_f64(),
+                        config.conversations,
+                        segments - last_segments,
+                        recorder.verdicts.load(Ordering::Relaxed),
+                        recorder.alerts.load(Ordering::Relaxed),
+                        recorder.errors.load(Ordering::Relaxed),
+                    );
+                }
+                last_segments = segments;
+                // The loaded sample is taken near the end of the load, while every stream is
+                // still open.
+                if tokio::time::Instant::now() + Duration::from_millis(1500) >= stop_at {
+                    loaded_rss = loaded_rss.or_else(|| config.server_pid.and_then(ProcSample::read));
+                }
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    let usage_after = config.server_pid.and_then(ProcSample::read);
+    // Give the subscriber a moment to receive the last alerts, then stop it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    subscriber.abort();
+    let _ = subscriber.await;
+
+    let server = match (usage_before, loaded_rss.or(usage_after), usage_after) {
+        (Some(before), Some(loaded), Some(after)) => Some(ServerUsage {
+            cpu_percent: 100.0 * (after.cpu_seconds - before.cpu_seconds) / elapsed.as_secs_f64(),
+            rss_before_bytes: before.rss_bytes,
+            rss_loaded_bytes: loaded.rss_bytes,
+            rss_peak_bytes: after.rss_peak_bytes,
+            rss_per_conversation_bytes: loaded.rss_bytes.saturating_sub(before.rss_bytes)
+                / config.conversations.max(1) as u64,
+        }),
+        _ => None,
+    };
+    let load_seconds = elapsed.as_secs_f64().max(1e-9);
+    let segments = recorder.segments.load(Ordering::Relaxed);
+    let report = Report {
+        mode: config.mode,
+        conversations: config.conversations,
+        duration_s: load_seconds,
+        segments,
+        segments_per_s: segments as f64 / load_seconds,
+        chars_per_s: recorder.chars.load(Ordering::Relaxed) as f64 / load_seconds,
+        verdicts: recorder.verdicts.load(Ordering::Relaxed),
+        alerts: recorder.alerts.load(Ordering::Relaxed),
+        alert_updates: recorder.alert_updates.load(Ordering::Relaxed),
+        alerts_unmatched: recorder.alerts_unmatched.load(Ordering::Relaxed),
+        errors: recorder.errors.load(Ordering::Relaxed),
+        verdict_latency_ms: Percentiles::of(
+            &recorder.verdict_latency.lock().unwrap_or_else(|p| p.into_inner()),
+        ),
+        alert_latency_ms: Percentiles::of(
+            &recorder.alert_latency.lock().unwrap_or_else(|p| p.into_inner()),
+        ),
+        server,
+    };
+    Ok(report)
+}
+
+/// The supervisor: times every alert of our tenant against its segment's send time.
+async fn subscribe(mut events: tonic::Streaming<pb::AlertEvent>, recorder: Arc<Recorder>) {
+    while let Some(event) = events.next().await {
+        let Ok(event) = event else {
+            recorder.error();
+            return;
+        };
+        match event.kind {
+            Some(pb::alert_event::Kind::Alert(alert)) => {
+                recorder.alerts.fetch_add(1, Ordering::Relaxed);
+                let sent = conversation_index(&alert.conversation_id)
+                    .and_then(|i| recorder.sent.get(i))
+                    .and_then(|times| times.get(alert.seq));
+                match sent {
+                    Some(at) => Recorder::latency(&recorder.alert_latency, at),
+                    None => {
+                        recorder.alerts_unmatched.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Some(pb::alert_event::Kind::Update(_)) => {
+                recorder.alert_updates.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(pb::alert_event::Kind::Summary(_)) | None => {}
+        }
+    }
+}
+
+/// One conversation: opens a `Screen` stream, speaks utterances until `stop_at`, ends it.
+async fn converse(
+    mut client: ScreeningServiceClient<Channel>,
+    index: usize,
+    config: LoadConfig,
+    recorder: Arc<Recorder>,
+    stop_at: tokio::time::Instant,
+    opened: mpsc::Sender<()>,
+) {
+    use pb::screen_request::Kind;
+
+    // One request of buffer: a send that waits here is the server not reading, and counts in
+    // the latency of the segment that waited.
+    let (tx, rx) = mpsc::channel::<pb::ScreenRequest>(1);
+    let start = pb::ScreenRequest {
+        kind: Some(Kind::Start(pb::ConversationStart {
+            conversation_id: conversation_id(index),
+            tenant_id: TENANT.into(),
+            channel: pb::Channel::Voice.into(),
+            customer_id: format!("lg-customer-{index}"),
+            queue: "loadgen".into(),
+            agent_id: String::new(),
+            started_at: None,
+        })),
+    };
+    if tx.send(start).await.is_err() {
+        return;
+    }
+    let responses = match client.screen(ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(_) => {
+            recorder.error();
+            return;
+        }
+    };
+    // Saturation mode: the sender may only run one verdict ahead.
+    let window = Arc::new(Semaphore::new(1));
+    let reader = tokio::spawn(read_verdicts(
+        responses,
+        index,
+        Arc::clone(&recorder),
+        (config.mode != Mode::Paced).then(|| Arc::clone(&window)),
+    ));
+
+    if config.mode != Mode::Idle {
+        let _ = opened.send(()).await;
+    }
+    let mut rng = Rng::new(index as u64 + 1);
+    let mut seq = 0u64;
+    let mut speech_ms = 0u64;
+    let send = |text: String, is_final: bool, seq: u64, speech_ms: u64| {
+        recorder.sent[index].record(seq, Instant::now());
+        recorder.segments.fetch_add(1, Ordering::Relaxed);
+        recorder.chars.fetch_add(text.chars().count() as u64, Ordering::Relaxed);
+        pb::ScreenRequest {
+            kind: Some(Kind::Segment(pb::Segment {
+                seq,
+                speaker: pb::Speaker::Customer.into(),
+                text,
+                is_final,
+                start_ms: speech_ms,
+                end_ms: speech_ms + 300,
+            })),
+        }
+    };
+
+    let period = Duration::from_secs_f64(config.conversations as f64 / config.rate.max(1e-3));
+    // Spread the conversations' first ticks over one period, so the load is even.
+    let first = tokio::time::Instant::now()
+        + period.mul_f64(rng.below(1000) as f64 / 1000.0).min(config.duration);
+    let mut ticks = tokio::time::interval_at(first, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+
+    let mut corpus_position = rng.below(config.corpus.len() as u64) as usize;
+    let mut announced = config.mode != Mode::Idle;
+    'talk: while tokio::time::Instant::now() < stop_at {
+        let text = &config.corpus[corpus_position % config.corpus.len()];
+        corpus_position += 1;
+        let segments = match config.mode {
+            // An idle conversation says one thing, so its state really exists, then waits.
+            Mode::Idle => vec![(text.clone(), true)],
+            _ => utterance_segments(text, &mut rng),
+        };
+        for (text, is_final) in segments {
+            match config.mode {
+                Mode::Paced => {
+                    tokio::select! {
+                        _ = ticks.tick() => {}
+                        () = tokio::time::sleep_until(stop_at) => break 'talk,
+                    }
+                }
+                Mode::Saturation | Mode::Idle => {
+                    // Invariant: the semaphore is never closed.
+                    window.acquire().await.expect("window semaphore open").forget();
+                }
+            }
+            if tokio::time::Instant::now() >= stop_at {
+                break 'talk;
+            }
+            seq += 1;
+            speech_ms += 400;
+            if tx.send(send(text, is_final, seq, speech_ms)).await.is_err() {
+                break 'talk;
+            }
+        }
+        if config.mode == Mode::Idle {
+            // Wait for the verdict of the one segment, then hold the stream.
+            let _ = window.acquire().await.map(|p| p.forget());
+            if !announced {
+                let _ = opened.send(()).await;
+                announced = true;
+            }
+            tokio::time::sleep_until(stop_at).await;
+        }
+    }
+    if !announced {
+        let _ = opened.send(()).await;
+    }
+    let _ = tx.send(pb::ScreenRequest { kind: Some(Kind::End(pb::ConversationEnd {})) }).await;
+    drop(tx);
+    let _ = reader.await;
+}
+
+/// Reads one conversation's responses: times each verdict, counts errors, and in closed-loop
+/// modes releases the sender's next segment.
+async fn read_verdicts(
+    mut responses: tonic::Streaming<pb::ScreenResponse>,
+    index: usize,
+    recorder: Arc<Recorder>,
+    window: Option<Arc<Semaphore>>,
+) {
+    while let Some(response) = responses.next().await {
+        match response {
+            Ok(pb::ScreenResponse { kind: Some(pb::screen_response::Kind::Verdict(v)) }) => {
+                recorder.verdicts.fetch_add(1, Ordering::Relaxed);
+                if let Some(at) = recorder.sent[index].get(v.seq) {
+                    Recorder::latency(&recorder.verdict_latency, at);
+                }
+                if let Some(window) = &window {
+                    window.add_permits(1);
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                recorder.error();
+                if let Some(window) = &window {
+                    // Unblock the sender so the conversation can end.
+                    window.close();
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// A server process started by the load generator (`loadgen --spawn`); killed when dropped.
+#[derive(Debug)]
+pub struct SpawnedServer {
+    child: std::process::Child,
+    /// Where it serves, e.g. `http://127.0.0.1:40123`.
+    pub endpoint: String,
+    /// Its process id, for CPU and RSS.
+    pub pid: u32,
+    /// From spawning the process to its health check answering SERVING.
+    pub startup: Duration,
+}
+
+impl Drop for SpawnedServer {
+    fn drop(&mut self) {
+        // The server holds nothing worth draining after a load run.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `exe serve` on a free loopback port with the lexicon in `lexicon_dir`, and waits
+/// (at most 30 s) until its health check answers SERVING.
+///
+/// # Errors
+/// The process cannot start, or it is not serving in time.
+pub async fn spawn_server(exe: &Path, lexicon_dir: &Path) -> Result<SpawnedServer, LoadError> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(LoadError::Spawn)?
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    let child = std::process::Command::new(exe)
+        .args(["serve", "--addr", &addr, "--lexicon-dir"])
+        .arg(lexicon_dir)
+        .env("KASUHARA_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(LoadError::Spawn)?;
+    let mut server = SpawnedServer {
+        pid: child.id(),
+        child,
+        endpoint: format!("http://{addr}"),
+        startup: Duration::ZERO,
+    };
+    let deadline = started + Duration::from_secs(30);
+    loop {
+        let serving = async {
+            let channel =
+                Channel::from_shared(server.endpoint.clone()).ok()?.connect().await.ok()?;
+            let mut health = HealthClient::new(channel);
+            let response =
+                health.check(HealthCheckRequest { service: String::new() }).await.ok()?;
+            Some(response.into_inner().status == ServingStatus::Serving as i32)
+        };
+        if serving.await == Some(true) {
+            server.startup = started.elapsed();
+            return Ok(server);
+        }
+        if Instant::now() > deadline || matches!(server.child.try_wait(), Ok(Some(_))) {
+            return Err(LoadError::Spawn(std::io::Error::other(
+                "the server did not start serving",
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// CPU time and memory of a process at one moment, from `/proc/<pid>/stat` and `status`.
+#[derive(Debug, Clone, Copy)]
+struct ProcSample {
+    cpu_seconds: f64,
+    rss_bytes: u64,
+    rss_peak_bytes: u64,
+}
+
+impl ProcSample {
+    /// Clock ticks per second of `/proc/<pid>/stat` times: USER_HZ, 100 on every Linux
+    /// architecture we target (the kernel fixes it for user space).
+    const TICKS_PER_SECOND: f64 = 100.0;
+
+    fn read(pid: u32) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) may hold spaces; fields after its closing ')' are fixed.
+        let after_name = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line, 11 and 12 after the name.
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib = |key: &str| -> Option<u64> {
+            let line = status.lines().find(|l| l.starts_with(key))?;
+            line[key.len()..].trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+        };
+        Some(Self {
+            cpu_seconds: ticks as f64 / Self::TICKS_PER_SECOND,
+            rss_bytes: kib("VmRSS:")? * 1024,
+            rss_peak_bytes: kib("VmHWM:")? * 1024,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An utterance streams as growing interim prefixes and ends with its whole final text.
+    #[test]
+    fn utterance_streams_prefixes_then_final() {
+        let mut rng = Rng::new(7);
+        let segments = utterance_segments("テレビが映らないんですけど", &mut rng);
+        let (last, is_final) = segments.last().expect("a final");
+        assert!(is_final);
+        assert_eq!(last, "テレビが映らないんですけど");
+        assert!((3..=6).contains(&segments.len()), "help: 2–5 interims, got {segments:?}");
+        for pair in segments.windows(2) {
+            assert!(pair[1].0.starts_with(&pair[0].0), "help: interims must grow: {pair:?}");
+        }
+        assert_eq!(utterance_segments("はい", &mut rng), vec![("はい".to_owned(), true)]);
+    }
+
+    /// Sent times are found by seq, and the oldest are forgotten past the cap.
+    #[test]
+    fn sent_times_are_bounded() {
+        let times = SentTimes::default();
+        let now = Instant::now();
+        for seq in 1..=(SENT_TIMES_KEPT as u64 + 10) {
+            times.record(seq, now);
+        }
+        assert!(times.get(1).is_none());
+        assert!(times.get(SENT_TIMES_KEPT as u64 + 10).is_some());
+    }
+
+    /// Our own process reads back sensible CPU and memory figures.
+    #[test]
+    fn proc_sample_of_self() {
+        let sample = ProcSample::read(std::process::id()).expect("/proc is readable");
+        assert!(sample.rss_bytes > 0 && sample.rss_peak_bytes >= sample.rss_bytes);
+        assert!(sample.cpu_seconds >= 0.0);
+    }
+
+    /// Conversation ids round-trip, and foreign ids are not mistaken for ours.
+    #[test]
+    fn conversation_ids_round_trip() {
+        assert_eq!(conversation_index(&conversation_id(42)), Some(42));
+        assert_eq!(conversation_index("conv-42"), None);
+    }
+}

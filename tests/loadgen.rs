@@ -1,0 +1,70 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use kasuhara_guard::loadgen::{self, LoadConfig, Mode};
+
+use crate::util::{shipped_config, start_server};
+
+/// Customer lines, two of which alert, so the subscriber has alerts to time.
+const LINES: &[&str] = &[
+    "テレビが昨日から映らなくて困っているんですけど",
+    "おいてめえぶっ殺すぞ",
+    "今すぐ土下座して謝れよ",
+    "請求書の金額が違うと思うので確認してもらえますか",
+];
+
+fn config(endpoint: String, mode: Mode) -> LoadConfig {
+    LoadConfig {
+        endpoint,
+        conversations: 4,
+        rate: 40.0,
+        duration: Duration::from_millis(1500),
+        mode,
+        corpus: Arc::new(LINES.iter().map(|s| (*s).to_owned()).collect()),
+        server_pid: Some(std::process::id()),
+        progress: false,
+    }
+}
+
+/// A short paced run against a real server counts segments, verdicts and alerts, times them,
+/// and reports them in the JSON shape ops script against.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_run_reports_counts_and_latencies() {
+    let server = start_server(shipped_config()).await;
+    let report = loadgen::run(config(server.endpoint(), Mode::Paced)).await.expect("load run");
+    assert_eq!(report.errors, 0, "help: {report:?}");
+    assert!(report.segments > 0 && report.segments_per_s > 0.0, "help: nothing sent: {report:?}");
+    assert_eq!(report.verdicts, report.segments, "help: every segment gets a verdict");
+    assert_eq!(report.verdict_latency_ms.count, report.verdicts);
+    assert!(report.alerts > 0, "help: the threats must alert: {report:?}");
+    assert!(report.alert_latency_ms.count > 0, "help: alerts must be matched to send times");
+    let usage = report.server.expect("our own pid has /proc figures");
+    assert!(usage.rss_loaded_bytes > 0);
+
+    let json: serde_json::Value = serde_json::to_value(&report).expect("serialise");
+    for key in ["verdict_latency_ms", "alert_latency_ms"] {
+        for quantile in ["p50", "p90", "p99", "p999", "max"] {
+            assert!(json[key][quantile].is_f64(), "help: {key}.{quantile} missing in {json}");
+        }
+    }
+    assert!(json["segments_per_s"].is_f64() && json["errors"].is_u64(), "help: {json}");
+    server.stop().await.expect("clean stop");
+}
+
+/// Saturation keeps one segment in flight per conversation and idle holds the streams open;
+/// both count what they did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saturation_and_idle_runs_count() {
+    let server = start_server(shipped_config()).await;
+    let saturated =
+        loadgen::run(config(server.endpoint(), Mode::Saturation)).await.expect("saturation");
+    assert_eq!(saturated.errors, 0, "help: {saturated:?}");
+    assert_eq!(saturated.verdicts, saturated.segments);
+    assert!(saturated.segments > 4, "help: a closed loop sends more than one each");
+
+    let idle = loadgen::run(config(server.endpoint(), Mode::Idle)).await.expect("idle");
+    assert_eq!(idle.errors, 0, "help: {idle:?}");
+    assert_eq!(idle.segments, 4, "help: an idle conversation sends exactly one segment");
+    assert_eq!(idle.verdicts, 4);
+    server.stop().await.expect("clean stop");
+}
