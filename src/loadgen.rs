@@ -581,10 +581,11 @@ async fn converse(
                         () = tokio::time::sleep_until(stop_at) => break 'talk,
                     }
                 }
-                Mode::Saturation | Mode::Idle => {
-                    // Invariant: the semaphore is never closed.
-                    window.acquire().await.expect("window semaphore open").forget();
-                }
+                Mode::Saturation | Mode::Idle => match window.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    // The reader closed the window: the stream failed.
+                    Err(_) => break 'talk,
+                },
             }
             if tokio::time::Instant::now() >= stop_at {
                 break 'talk;
