@@ -1,6 +1,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kasuhara_guard::config::Config;
+use kasuhara_guard::limits::Limits;
 use kasuhara_guard::loadgen::{self, LoadConfig, Mode};
 
 use crate::util::{shipped_config, start_server};
@@ -55,7 +57,10 @@ async fn paced_run_reports_counts_and_latencies() {
 /// both count what they did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saturation_and_idle_runs_count() {
-    let server = start_server(shipped_config()).await;
+    // A closed loop over four conversations outruns the per-conversation flood limit, which
+    // is not what this test is about.
+    let limits = Limits { max_segments_per_second: 1_000_000, ..Limits::default() };
+    let server = start_server(Config { limits, ..shipped_config() }).await;
     let saturated =
         loadgen::run(config(server.endpoint(), Mode::Saturation)).await.expect("saturation");
     assert_eq!(saturated.errors, 0, "help: {saturated:?}");
