@@ -6,6 +6,8 @@ mod alerts;
 mod ingest;
 /// Per-tenant lexicon overlays: added and disabled entries, refused bad overlays.
 mod overlays;
+/// Metrics, health, reflection and the operator commands.
+mod ops;
 /// The dev corpus scored through gRPC, against quality floors.
 mod regression;
 /// Graceful shutdown with open streams.

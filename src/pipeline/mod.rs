@@ -19,9 +19,11 @@ pub mod segment;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::error::ScreenError;
 use crate::policy::{Category, Severity};
+use crate::telemetry::Stage;
 use masks::MaskFill;
 use matcher::Matcher;
 use normalize::{MASK, Normalized, normalize};
@@ -152,7 +154,10 @@ impl Pipeline {
     /// # Errors
     /// [`ScreenError::Internal`] if the tokeniser fails.
     pub fn prepare(&self, text: &str) -> Result<Normalized, ScreenError> {
-        self.fill_masks(normalize(text))
+        let started = Instant::now();
+        let normalized = normalize(text);
+        Stage::Normalize.record(started);
+        self.fill_masks(normalized)
     }
 
     /// Fills each lone fuseji mask (馬○) with the character that makes a lexicon entry hit
