@@ -2,6 +2,8 @@
 
 /// Supervisors receiving alerts on Subscribe while a conversation streams.
 mod alerts;
+/// docs/api.md, generated from the .proto comments, is current.
+mod api_doc;
 /// Streaming conversations in and reading verdicts; ScreenText; bad input.
 mod ingest;
 /// Per-tenant lexicon overlays: added and disabled entries, refused bad overlays.
