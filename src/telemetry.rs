@@ -35,7 +35,7 @@ pub const SEGMENTS_IN_FLIGHT: &str = "kasuhara_segments_in_flight";
 pub const CONVERSATIONS_TOTAL: &str = "kasuhara_conversations_total";
 /// Conversations open now.
 pub const CONVERSATIONS_OPEN: &str = "kasuhara_conversations_open";
-/// Conversations ended, by `reason` (end|closed|idle|error).
+/// Conversations ended, by `reason` (end|closed|idle, or error: ended without a summary).
 pub const CONVERSATIONS_ENDED_TOTAL: &str = "kasuhara_conversations_ended_total";
 /// Alerts raised, by `category`, `severity` and `status` (confirmed|provisional|retracted).
 pub const ALERTS_TOTAL: &str = "kasuhara_alerts_total";
@@ -389,7 +389,7 @@ impl Drop for SegmentTimer {
 }
 
 /// An open conversation: counted when opened, and closed with a reason, or as `error` when
-/// dropped without one (the stream failed or the server drained).
+/// dropped without one (the stream failed, the client left, or the server drained).
 #[derive(Debug)]
 #[must_use = "the conversation counts as open until this is dropped"]
 pub struct ConversationGauge {
