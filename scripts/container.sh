@@ -71,10 +71,14 @@ graphroot = "$work/storage"
 runroot = "$work/run"
 EOF
   # crun fails in this sandbox, runc works; the default nofile limit (1048576) is more than
-  # the sandbox grants, so containers get a lower one; no systemd, so cgroupfs and file events.
+  # the sandbox grants, so containers get the host's own hard limit (at most 65536); no
+  # systemd, so cgroupfs and file events.
+  local nofile
+  nofile="$(ulimit -Hn)"
+  if [ "$nofile" = unlimited ] || [ "$nofile" -gt 65536 ]; then nofile=65536; fi
   cat >"$work/containers.conf" <<EOF
 [containers]
-default_ulimits = ["nofile=65536:65536"]
+default_ulimits = ["nofile=$nofile:$nofile"]
 pids_limit = 0
 
 [engine]

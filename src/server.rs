@@ -76,7 +76,8 @@ pub enum ServerError {
 /// a tokeniser failure.
 pub fn load_pipelines(config: &Config) -> Result<Pipelines, ServerError> {
     let started = Instant::now();
-    let (shared, tenants) = build_pipelines(config).inspect_err(|_| telemetry::lexicon_loaded(None))?;
+    let (shared, tenants) =
+        build_pipelines(config).inspect_err(|_| telemetry::lexicon_loaded(None))?;
     telemetry::lexicon_loaded(Some(shared.matcher().entries().len()));
     tracing::info!(
         entries = shared.matcher().entries().len(),

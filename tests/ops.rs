@@ -249,8 +249,14 @@ fn binary() -> Command {
 async fn health_command_checks_a_running_server() {
     let server = start_server(shipped_config()).await;
     let endpoint = server.endpoint();
+    // The port accepts before the lexicon is loaded; wait for the server itself, so the
+    // command's own timeout measures only the check.
+    HealthClient::new(channel(&endpoint).await)
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .expect("the server starts");
     let output = tokio::task::spawn_blocking(move || {
-        binary().args(["health", "--addr", &endpoint]).output().expect("run health")
+        binary().args(["health", "--timeout", "20s", "--addr", &endpoint]).output().expect("run")
     })
     .await
     .expect("join");

@@ -6,10 +6,10 @@ mod alerts;
 mod api_doc;
 /// Streaming conversations in and reading verdicts; ScreenText; bad input.
 mod ingest;
-/// Per-tenant lexicon overlays: added and disabled entries, refused bad overlays.
-mod overlays;
 /// Metrics, health, reflection and the operator commands.
 mod ops;
+/// Per-tenant lexicon overlays: added and disabled entries, refused bad overlays.
+mod overlays;
 /// The dev corpus scored through gRPC, against quality floors.
 mod regression;
 /// Graceful shutdown with open streams.
