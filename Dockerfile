@@ -21,7 +21,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && cp target/release/kasuhara-guard /usr/local/bin/kasuhara-guard
 
 FROM ${RUNTIME_IMAGE}
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin kasuhara
+RUN useradd --no-log-init --uid 10001 --no-create-home --shell /usr/sbin/nologin kasuhara
 COPY --from=build /usr/local/bin/kasuhara-guard /usr/local/bin/kasuhara-guard
 COPY dictionaries /opt/kasuhara-guard/dictionaries
 USER 10001
