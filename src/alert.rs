@@ -146,6 +146,7 @@ impl AlertHub {
     pub fn publish(&self, event: HubEvent) {
         // An error only means nobody is subscribed right now, which is normal.
         let _ = self.sender.send(event);
+        crate::telemetry::alert_backlog(self.sender.len());
     }
 
     /// A new subscription that sees events published from now on.

@@ -53,7 +53,7 @@ impl ScreenError {
 
 impl From<ScreenError> for Status {
     fn from(error: ScreenError) -> Status {
-        match error {
+        let status = match error {
             ScreenError::InvalidArgument { field, description } => {
                 let message = format!("invalid {field}: {description}");
                 let details = ErrorDetails::with_bad_request_violation(field, description);
@@ -73,7 +73,10 @@ impl From<ScreenError> for Status {
                 tracing::error!(%detail, "internal screening error");
                 Status::internal("internal error")
             }
-        }
+        };
+        // Every refusal the service makes passes through here, so it is counted here.
+        crate::telemetry::request_rejected(status.code());
+        status
     }
 }
 

@@ -21,6 +21,7 @@
 //! - [`alert`]: alerts, ids, filters and the fan-out hub.
 //! - [`grpc`]: thin tonic services; [`error`]: the one error-to-status mapping.
 //! - [`server`]: wiring, health, reflection and graceful shutdown; [`config`], [`shutdown`].
+//! - [`telemetry`]: logs, traces and Prometheus metrics.
 //! - [`eval`]: scoring a labelled corpus; [`client`]: replaying one through the gRPC API.
 //! - [`loadgen`]: the load generator (`kasuhara-guard loadgen`).
 #![forbid(unsafe_code)]
@@ -41,6 +42,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod server;
 pub mod shutdown;
+pub mod telemetry;
 
 /// Code generated from `proto/kasuhara/v1/*.proto` (package `kasuhara.v1`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

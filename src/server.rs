@@ -5,8 +5,9 @@
 //!
 //! Shutdown sequence: the shutdown future resolves → health turns NOT_SERVING → the root token
 //! is cancelled (open streams end with UNAVAILABLE, the listener stops accepting) → wait for
-//! the stream tasks, all within `shutdown_grace`; a timeout is logged, not hung on (open
-//! streams could otherwise hold the process, tonic#1820).
+//! the connections to close and the stream tasks to finish, all within `shutdown_grace`; a
+//! timeout is logged, not hung on (an open health Watch would otherwise hold the process
+//! forever, tonic#1820).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use crate::pb::screening_service_server::ScreeningServiceServer;
 use crate::pipeline::matcher::Matcher;
 use crate::pipeline::segment::JapaneseSegmenter;
 use crate::pipeline::{Pipeline, Pipelines};
+use crate::telemetry;
 
 /// State shared by every handler.
 #[derive(Debug)]
@@ -76,6 +78,23 @@ pub enum ServerError {
 /// a tokeniser failure.
 pub fn load_pipelines(config: &Config) -> Result<Pipelines, ServerError> {
     let started = Instant::now();
+    let (shared, tenants) =
+        build_pipelines(config).inspect_err(|_| telemetry::lexicon_loaded(None))?;
+    telemetry::lexicon_loaded(Some(shared.matcher().entries().len()));
+    tracing::info!(
+        entries = shared.matcher().entries().len(),
+        patterns = shared.matcher().pattern_count(),
+        tenant_overlays = tenants.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "lexicon loaded"
+    );
+    Ok(Pipelines::new(shared, tenants))
+}
+
+/// The shared pipeline and the tenants' own.
+fn build_pipelines(
+    config: &Config,
+) -> Result<(Pipeline, std::collections::HashMap<String, Pipeline>), ServerError> {
     let lexicon = Lexicon::load_dir(&config.lexicon_dir)?;
     let build = |overlay: &crate::config::LexiconOverlay| -> Result<Pipeline, ServerError> {
         let matcher =
@@ -95,14 +114,7 @@ pub fn load_pipelines(config: &Config) -> Result<Pipelines, ServerError> {
         };
         tenants.insert(tenant.clone(), pipeline.masking_personal_data(policy.mask_personal_data));
     }
-    tracing::info!(
-        entries = shared.matcher().entries().len(),
-        patterns = shared.matcher().pattern_count(),
-        tenant_overlays = tenants.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "lexicon loaded"
-    );
-    Ok(Pipelines::new(shared, tenants))
+    Ok((shared, tenants))
 }
 
 /// The shared pipeline alone, for tools that screen without a tenant (benches, `lexicon
@@ -170,11 +182,24 @@ pub async fn run(
             TcpListenerStream::new(listener),
             token.clone().cancelled_owned(),
         );
-    serve.await?;
-
-    shared.tasks.close();
-    if tokio::time::timeout(config.shutdown_grace, shared.tasks.wait()).await.is_err() {
-        tracing::warn!(grace = ?config.shutdown_grace, "streams still open after the grace period");
+    // Everything after the signal shares one grace period: connections closing (an open
+    // health Watch or reflection stream never closes by itself, tonic#1820) and the stream
+    // tasks finishing. Past it the server stops waiting and returns; the process exits.
+    let drained = async {
+        serve.await?;
+        shared.tasks.close();
+        shared.tasks.wait().await;
+        Ok::<_, ServerError>(())
+    };
+    let grace_over = async {
+        token.cancelled().await;
+        tokio::time::sleep(config.shutdown_grace).await;
+    };
+    tokio::select! {
+        drained = drained => drained?,
+        () = grace_over => {
+            tracing::warn!(grace = ?config.shutdown_grace, "connections still open after the grace period");
+        }
     }
     tracing::info!("stopped");
     Ok(())

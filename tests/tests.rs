@@ -4,12 +4,16 @@
 mod adversarial;
 /// Supervisors receiving alerts on Subscribe while a conversation streams.
 mod alerts;
+/// docs/api.md, generated from the .proto comments, is current.
+mod api_doc;
 /// Streaming conversations in and reading verdicts; ScreenText; bad input.
 mod ingest;
 /// Admission limits: duplicate live ids, open conversations, segment floods.
 mod limits;
 /// The load generator against a real server: counts and report shape, not speed.
 mod loadgen;
+/// Metrics, health, reflection and the operator commands.
+mod ops;
 /// Per-tenant lexicon overlays: added and disabled entries, refused bad overlays.
 mod overlays;
 /// The dev corpus scored through gRPC, against quality floors.

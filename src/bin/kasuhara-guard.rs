@@ -1,5 +1,5 @@
-//! The `kasuhara-guard` command: `serve`, `screen`, `lexicon`, `eval`, `loadgen`. A thin shell over the library:
-//! parse flags, set up logging, call in.
+//! The `kasuhara-guard` command: `serve`, `screen`, `lexicon check`, `eval`, `config check`,
+//! `health`, `loadgen`. A thin shell over the library: resolve settings, set up telemetry, call in.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -8,66 +8,75 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use kasuhara_guard::config::{self, Config};
+use kasuhara_guard::config::{self, Config, LogFormat, MetricsAddr, Overrides, Settings};
 use kasuhara_guard::conversation::check_text;
 use kasuhara_guard::pipeline::Detection;
-use kasuhara_guard::{client, eval, loadgen, server, shutdown};
+use kasuhara_guard::{client, eval, loadgen, server, shutdown, telemetry};
+use tokio_util::sync::CancellationToken;
 
 /// Real-time screening of contact-centre transcripts for customer harassment (カスハラ).
+///
+/// Settings come from defaults, then the config file, then KASUHARA_* variables, then flags.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KASUHARA_LOG_FORMAT")]
-    log_format: LogFormat,
+    /// Config file (TOML; see examples/kasuhara-guard.toml) [env: KASUHARA_CONFIG].
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format on stderr [env: KASUHARA_LOG_FORMAT] [default: text].
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log filter, e.g. info or warn,kasuhara_guard=debug [env: KASUHARA_LOG] [default: info].
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_filter: Option<String>,
+    /// Export traces to this OTLP/gRPC collector, e.g. http://127.0.0.1:4317 (builds with
+    /// --features otlp) [env: KASUHARA_OTLP_ENDPOINT].
+    #[arg(long, global = true, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Default, clap::Args)]
 struct LexiconArgs {
-    /// Directory of lexicon files (*.tsv).
-    #[arg(long, env = "KASUHARA_LEXICON_DIR", default_value = config::DEFAULT_LEXICON_DIR)]
-    lexicon_dir: PathBuf,
-    /// Tenant policy file (TOML; see examples/policy.toml); the policy's defaults when absent.
-    #[arg(long, env = "KASUHARA_POLICY")]
+    /// Directory of lexicon files (*.tsv) [env: KASUHARA_LEXICON_DIR] [default: dictionaries].
+    #[arg(long, value_name = "DIR")]
+    lexicon_dir: Option<PathBuf>,
+    /// Tenant policy file (TOML; see examples/policy.toml); replaces the config file's
+    /// [policy] [env: KASUHARA_POLICY].
+    #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
 }
 
-impl LexiconArgs {
-    /// The server configuration these flags describe.
-    fn config(self) -> anyhow::Result<Config> {
-        let policy = match &self.policy {
-            Some(path) => config::PolicySet::load(path)?,
-            None => config::PolicySet::default(),
-        };
-        Ok(Config { lexicon_dir: self.lexicon_dir, policy, ..Config::default() })
-    }
+#[derive(Debug, Default, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on [env: KASUHARA_ADDR] [default: 127.0.0.1:50051].
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// Prometheus endpoint address, or "off" [env: KASUHARA_METRICS_ADDR]
+    /// [default: 127.0.0.1:9464].
+    #[arg(long, value_name = "ADDR|off")]
+    metrics_addr: Option<MetricsAddr>,
+    /// Grace period for open streams at shutdown (e.g. 500ms, 5s, 1m)
+    /// [env: KASUHARA_SHUTDOWN_GRACE] [default: 5s].
+    #[arg(long, value_parser = config::parse_duration)]
+    shutdown_grace: Option<Duration>,
+    /// Alerts a supervisor stream may fall behind before it skips ahead
+    /// [env: KASUHARA_ALERT_BUFFER] [default: 4096].
+    #[arg(long)]
+    alert_buffer: Option<usize>,
+    #[command(flatten)]
+    lexicon: LexiconArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gRPC service.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, env = "KASUHARA_ADDR", default_value = config::DEFAULT_ADDR)]
-        addr: SocketAddr,
-        #[command(flatten)]
-        lexicon: LexiconArgs,
-        /// Grace period for open streams at shutdown (e.g. 500ms, 5s, 1m).
-        #[arg(long, env = "KASUHARA_SHUTDOWN_GRACE", default_value = "5s", value_parser = config::parse_duration)]
-        shutdown_grace: Duration,
-    },
+    /// Run the gRPC service (and the Prometheus endpoint).
+    Serve(ServeArgs),
     /// Screen JSON Lines ({"text": ..., "speaker": "customer"|"agent", "id": ...}) from a
     /// file or stdin; print one verdict line per input line.
     Screen {
@@ -95,6 +104,26 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Ask a running server's gRPC health service whether it is serving; exit 0 if so, 1 if
+    /// not (for container health checks and probes).
+    Health {
+        /// The server, e.g. http://127.0.0.1:50051 [default: the configured address, with
+        /// 0.0.0.0 read as 127.0.0.1].
+        #[arg(long, value_name = "URL")]
+        addr: Option<String>,
+        /// The service to ask about, e.g. kasuhara.v1.ScreeningService; the whole server
+        /// when absent.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// Give up after this long (e.g. 3s).
+        #[arg(long, default_value = "3s", value_parser = config::parse_duration)]
+        timeout: Duration,
     },
     /// Load a server with concurrent conversations and a supervisor; report throughput,
     /// verdict and alert latency, errors, and the server's CPU and RSS.
@@ -150,9 +179,67 @@ enum LexiconCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file with the environment and flags on top, load the lexicon and
+    /// policy it names, and print the effective configuration as TOML.
+    Check {
+        /// The config file (overrides --config and KASUHARA_CONFIG).
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        serve: ServeArgs,
+    },
+}
+
+impl Cli {
+    /// The settings given on the command line, for [`Settings::resolve`].
+    fn overrides(&self) -> Overrides {
+        let mut flags = Overrides {
+            config: self.config.clone(),
+            log_format: self.log_format,
+            log_filter: self.log_filter.clone(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            ..Overrides::default()
+        };
+        let lexicon = match &self.command {
+            Command::Serve(serve)
+            | Command::Config { command: ConfigCommand::Check { serve, .. } } => {
+                flags.addr = serve.addr;
+                flags.metrics_addr = serve.metrics_addr;
+                flags.shutdown_grace = serve.shutdown_grace;
+                flags.alert_buffer = serve.alert_buffer;
+                &serve.lexicon
+            }
+            Command::Screen { lexicon, .. }
+            | Command::Eval { lexicon, .. }
+            | Command::Lexicon { command: LexiconCommand::Check { lexicon, .. } } => lexicon,
+            Command::Health { .. } | Command::Loadgen(_) => &LexiconArgs::default(),
+        };
+        if let Command::Config { command: ConfigCommand::Check { file: Some(file), .. } } =
+            &self.command
+        {
+            flags.config = Some(file.clone());
+        }
+        flags.lexicon_dir = lexicon.lexicon_dir.clone();
+        flags.policy = lexicon.policy.clone();
+        flags
+    }
+}
+
+/// Exit status for bad configuration (sysexits EX_USAGE, as linkerd uses).
+const EXIT_CONFIG: u8 = 64;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let settings = Overrides::from_env(|name| std::env::var(name).ok())
+        .and_then(|env| Settings::resolve(&env, &cli.overrides()));
+    let settings = match settings {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -160,7 +247,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command)) {
+    let result = runtime.block_on(async {
+        let _tracing = telemetry::init_tracing(
+            settings.log_format,
+            &settings.log_filter,
+            settings.otlp_endpoint.as_deref(),
+        )?;
+        dispatch(cli.command, settings).await
+    });
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -169,36 +264,92 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KASUHARA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
-async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { addr, lexicon, shutdown_grace } => {
-            let config =
-                Config { lexicon_dir: lexicon.lexicon_dir, shutdown_grace, ..Config::default() };
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on {addr}"))?;
-            server::run(listener, config, shutdown::signal()).await?;
-            Ok(ExitCode::SUCCESS)
+        Command::Serve(_) => serve(settings).await,
+        Command::Screen { input, .. } => screen(input, settings.server),
+        Command::Lexicon { command: LexiconCommand::Check { explain, .. } } => {
+            lexicon_check(settings.server, &explain)
         }
-        Command::Screen { input, lexicon } => screen(input, lexicon.config()?),
-        Command::Lexicon { command: LexiconCommand::Check { lexicon, explain } } => {
-            lexicon_check(lexicon.config()?, &explain)
+        Command::Eval { corpus, addr, json, .. } => {
+            run_eval(corpus, addr, settings.server, json).await
         }
-        Command::Eval { corpus, addr, lexicon, json } => {
-            run_eval(corpus, addr, lexicon.config()?, json).await
+        Command::Config { command: ConfigCommand::Check { .. } } => config_check(&settings),
+        Command::Health { addr, service, timeout } => {
+            let endpoint = addr.unwrap_or_else(|| {
+                let mut local = settings.addr;
+                if local.ip().is_unspecified() {
+                    local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{local}")
+            });
+            health(&endpoint, service, timeout).await
         }
         Command::Loadgen(args) => run_loadgen(args).await,
     }
+}
+
+/// `serve`: the gRPC service until SIGTERM/SIGINT, and the metrics endpoint beside it.
+async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
+    let listener = TcpListener::bind(settings.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.addr))?;
+    let stop_metrics = CancellationToken::new();
+    if let MetricsAddr::At(addr) = settings.metrics_addr {
+        let metrics = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        let handle = telemetry::metrics_handle()?;
+        tokio::spawn(telemetry::serve_metrics(metrics, handle, stop_metrics.clone()));
+    }
+    let served = server::run(listener, settings.server, shutdown::signal()).await;
+    stop_metrics.cancel();
+    served?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `config check`: the settings resolved (errors already reported by `main`), the lexicon
+/// loaded as `serve` would, then the effective configuration printed.
+fn config_check(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let pipeline = server::load_pipeline(&settings.server)?;
+    let source = match &settings.file {
+        Some(path) => format!("{}", path.display()),
+        None => "no config file".to_owned(),
+    };
+    println!(
+        "# ok: {source}; lexicon {} ({} entries); {} tenant polic{}",
+        settings.server.lexicon_dir.display(),
+        pipeline.matcher().entries().len(),
+        settings.server.policy.tenants.len(),
+        if settings.server.policy.tenants.len() == 1 { "y" } else { "ies" },
+    );
+    println!("# effective configuration (defaults < file < KASUHARA_* < flags):\n");
+    print!("{}", settings.to_toml());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `health`: one `grpc.health.v1.Health/Check` call.
+async fn health(endpoint: &str, service: String, timeout: Duration) -> anyhow::Result<ExitCode> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let check = async {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())?
+            .connect_timeout(timeout)
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {endpoint}"))?;
+        let response = HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest { service: service.clone() })
+            .await?;
+        anyhow::Ok(response.into_inner().status())
+    };
+    let status = tokio::time::timeout(timeout, check)
+        .await
+        .with_context(|| format!("no answer from {endpoint} within {timeout:?}"))??;
+    let name = if service.is_empty() { "server" } else { service.as_str() };
+    println!("{name}: {}", status.as_str_name());
+    Ok(if status == ServingStatus::Serving { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// `screen`: JSON Lines in, one verdict per line out. A bad line gets an error line of its own

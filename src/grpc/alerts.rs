@@ -15,6 +15,7 @@ use crate::grpc::{category_from_pb, event_to_pb, severity_from_pb};
 use crate::pb;
 use crate::pb::alert_service_server::AlertService;
 use crate::server::Shared;
+use crate::telemetry;
 
 /// Events buffered per subscriber between the hub and the client's socket.
 const EVENT_BUFFER: usize = 64;
@@ -70,6 +71,7 @@ impl AlertService for Alerts {
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let token = self.shared.shutdown.clone();
         self.shared.tasks.spawn(async move {
+            let _open = telemetry::SubscriberGauge::open();
             loop {
                 let received = tokio::select! {
                     received = alerts.recv() => received,
@@ -89,7 +91,7 @@ impl AlertService for Alerts {
                     Err(broadcast::error::RecvError::Lagged(skipped)) => {
                         // The subscriber fell behind the hub's capacity; it resumes with the
                         // newest alerts rather than slowing screening down.
-                        tracing::warn!(skipped, "alert subscriber lagged");
+                        telemetry::alerts_dropped(skipped);
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 }

@@ -20,6 +20,7 @@ use crate::grpc::{alert_to_pb, speaker_from_pb, summary_to_pb};
 use crate::pb;
 use crate::pb::screening_service_server::ScreeningService;
 use crate::server::Shared;
+use crate::telemetry::{self, ConversationGauge, SegmentTimer};
 
 /// Verdicts buffered per stream before the handler waits for the client to read. Small on
 /// purpose: a client that stops reading should slow only its own stream.
@@ -73,6 +74,7 @@ impl ScreeningService for Screening {
         crate::conversation::require_id("tenant_id", &request.tenant_id, true)?;
         let speaker = speaker_from_pb("speaker", request.speaker)?;
         check_text("text", &request.text)?;
+        let _timer = SegmentTimer::start(speaker, "text");
         if speaker == Speaker::Agent {
             return Ok(Response::new(pb::ScreenTextResponse { alerts: Vec::new() }));
         }
@@ -82,7 +84,7 @@ impl ScreeningService for Screening {
         let alerts = detections
             .into_iter()
             .map(|d| {
-                alert_to_pb(&Alert {
+                let alert = Alert {
                     alert_id: self.shared.alert_ids.next_id(),
                     conversation_id: String::new(),
                     tenant_id: request.tenant_id.clone(),
@@ -96,7 +98,9 @@ impl ScreeningService for Screening {
                     status: AlertStatus::Confirmed,
                     previous_alert_id: None,
                     risk_score: 0.0,
-                })
+                };
+                telemetry::alert_raised(&alert);
+                alert_to_pb(&alert)
             })
             .collect();
         Ok(Response::new(pb::ScreenTextResponse { alerts }))
@@ -144,11 +148,18 @@ async fn run_conversation(
             None => return Err(ScreenError::invalid("kind", "is required").into()),
         },
     };
-    // The span names the conversation but nothing a person could be identified by.
-    let span =
-        tracing::info_span!("conversation", conversation_id = %conversation.info().conversation_id);
+    let open = ConversationGauge::open();
+    // The span names the conversation, its tenant and queue, but nothing a person could be
+    // identified by: no customer or agent id, no text.
+    let info = conversation.info();
+    let span = tracing::info_span!(
+        "conversation",
+        conversation_id = %info.conversation_id,
+        tenant_id = %info.tenant_id,
+        queue = %info.queue,
+    );
     let services = Services {
-        pipeline: shared.pipelines.for_tenant(&conversation.info().tenant_id),
+        pipeline: shared.pipelines.for_tenant(&info.tenant_id),
         ids: &shared.alert_ids,
         callers: &shared.callers,
     };
@@ -165,9 +176,12 @@ async fn run_conversation(
             match message.kind {
                 Some(Kind::Segment(segment)) => {
                     rate.admit()?;
+                    let speaker = speaker_from_pb("segment.speaker", segment.speaker)?;
+                    let kind = if segment.is_final { "final" } else { "interim" };
+                    let _timer = SegmentTimer::start(speaker, kind);
                     let segment = SegmentIn {
                         seq: segment.seq,
-                        speaker: speaker_from_pb("segment.speaker", segment.speaker)?,
+                        speaker,
                         text: segment.text,
                         is_final: segment.is_final,
                         start_ms: segment.start_ms,
@@ -191,6 +205,7 @@ async fn run_conversation(
         let (summary, retracted) = conversation.finish(reason);
         let last_seq = summary.segments;
         for alert in retracted {
+            telemetry::alert_raised(&alert);
             shared.hub.publish(HubEvent::Update(Arc::clone(&alert), last_seq));
             let update = pb::AlertUpdate { alert: Some(alert_to_pb(&alert)), seq: last_seq };
             let _ = tx.send(Ok(response(pb::screen_response::Kind::Update(update)))).await;
@@ -200,6 +215,7 @@ async fn run_conversation(
         let _ = tx
             .send(Ok(response(pb::screen_response::Kind::Summary(summary_to_pb(&summary)))))
             .await;
+        open.close(reason);
         tracing::debug!(reason, "conversation ended");
         Ok(())
     }
@@ -220,12 +236,14 @@ async fn send_outcome(
     outcome: SegmentOutcome,
 ) -> bool {
     for alert in &outcome.updates {
+        telemetry::alert_raised(alert);
         shared.hub.publish(HubEvent::Update(Arc::clone(alert), seq));
     }
     let updated: Vec<&str> = outcome.updates.iter().map(|a| a.alert_id.as_str()).collect();
     for alert in outcome.alerts.iter().chain(&outcome.provisional) {
         // A confirmed provisional alert reaches supervisors as its update, not a second alert.
         if !updated.contains(&alert.alert_id.as_str()) {
+            telemetry::alert_raised(alert);
             shared.hub.publish(HubEvent::Alert(Arc::clone(alert)));
         }
     }

@@ -33,6 +33,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Instant;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 
@@ -40,6 +41,7 @@ use crate::dictionary::{DictionaryError, Entry, Join, Lexicon, Origin, Pattern, 
 use crate::pipeline::normalize::{fold_kana, normalize};
 use crate::pipeline::segment::{JapaneseSegmenter, SegmentError, Word};
 use crate::policy::Severity;
+use crate::telemetry::Stage;
 
 /// First scalar of the base-form encoding (Supplementary Private Use Area-A).
 const LEMMA_BASE: u32 = 0xF_0000;
@@ -223,11 +225,15 @@ impl Matcher {
         let segmenter = &self.inner.segmenter;
         let mut layers = Layers::default();
         let mut guessed = false;
+        let tokenizing = Instant::now();
         segmenter.for_each_word(normalized, |w: Word<'_>| {
             guessed |= w.is_guessed_kana_run();
             layers.push(&self.inner.vocabulary, &w);
         })?;
+        Stage::Tokenize.record(tokenizing);
+        let matching = Instant::now();
         let mut findings = self.find_in(layers);
+        Stage::Match.record(matching);
         if guessed {
             // IPADIC guessed the edges of a hiragana run; screen the re-cut reading too and
             // keep what either reading finds.

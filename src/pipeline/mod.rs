@@ -19,9 +19,11 @@ pub mod segment;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::error::ScreenError;
 use crate::policy::{Category, Severity};
+use crate::telemetry::Stage;
 use masks::MaskFill;
 use matcher::Matcher;
 use normalize::{MASK, Normalized, normalize};
@@ -153,7 +155,9 @@ impl Pipeline {
     /// # Errors
     /// [`ScreenError::Internal`] if the tokeniser fails.
     pub fn prepare(&self, text: &str) -> Result<Normalized, ScreenError> {
+        let started = Instant::now();
         let mut normalized = normalize(text);
+        Stage::Normalize.record(started);
         for (at, katakana) in masks::katakana_lookalikes(normalized.as_str()) {
             if let Some(folded) = normalized.with_char_at(at, katakana) {
                 normalized = folded;
