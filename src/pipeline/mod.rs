@@ -44,7 +44,16 @@ pub struct Evidence {
     pub entry_id: String,
     /// Why: the entry's rationale, plus any context rule that raised the severity.
     pub reason: String,
+    /// The screened text around the span (up to [`CONTEXT_CHARS`] either side), so a
+    /// supervisor reads the quote in context.
+    pub context: String,
+    /// Where the quote starts within `context`, in chars.
+    pub context_start: usize,
 }
+
+/// How many chars of the screened text evidence carries on each side of its quote: about a
+/// phrase, enough to read a quote in context without shipping the whole turn.
+pub const CONTEXT_CHARS: usize = 20;
 
 /// One category found in a text: its severity and the evidence for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +121,8 @@ impl Pipeline {
             .map(|hit| {
                 let entry = &self.matcher.entries()[hit.entry];
                 let span = normalized.original_chars(hit.bytes.clone());
+                let context = span.start.saturating_sub(CONTEXT_CHARS)
+                    ..(span.end + CONTEXT_CHARS).min(original.len());
                 let reason = match &hit.raised_by {
                     Some(rule) => format!("{} (severity raised by {rule})", entry.rationale),
                     None => entry.rationale.clone(),
@@ -129,6 +140,8 @@ impl Pipeline {
                             .personal_data_masked(normalized.as_str()[hit.bytes].to_owned()),
                         entry_id: entry.id.clone(),
                         reason,
+                        context: original[context.clone()].iter().collect(),
+                        context_start: span.start - context.start,
                     },
                 }
             })
