@@ -1,7 +1,9 @@
 //! Integration tests: one binary (ripgrep's layout), each module with one purpose.
 
-/// Supervisors receiving alerts on Subscribe while a conversation streams.
+/// Supervisors: filtered, resumable Subscribe streams, heartbeats, lag, Acknowledge.
 mod alerts;
+/// The supervisor console over HTTP, and end to end in a headless Chromium.
+mod console;
 /// Streaming conversations in and reading verdicts; ScreenText; bad input.
 mod ingest;
 /// Per-tenant lexicon overlays: added and disabled entries, refused bad overlays.

@@ -67,6 +67,13 @@ enum Command {
         /// Grace period for open streams at shutdown (e.g. 500ms, 5s, 1m).
         #[arg(long, env = "KASUHARA_SHUTDOWN_GRACE", default_value = "5s", value_parser = config::parse_duration)]
         shutdown_grace: Duration,
+        /// Serve the supervisor console (web page) on this address; off when absent. It has
+        /// no authentication of its own: keep it on loopback or behind an authenticating proxy.
+        #[arg(long, env = "KASUHARA_CONSOLE_ADDR")]
+        console_addr: Option<SocketAddr>,
+        /// Silence after which a supervisor stream gets a heartbeat (e.g. 15s).
+        #[arg(long, env = "KASUHARA_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = config::parse_duration)]
+        heartbeat_interval: Duration,
     },
     /// Screen JSON Lines ({"text": ..., "speaker": "customer"|"agent", "id": ...}) from a
     /// file or stdin; print one verdict line per input line.
@@ -143,13 +150,20 @@ fn init_logging(format: LogFormat) {
 
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve { addr, lexicon, shutdown_grace } => {
-            let config =
-                Config { lexicon_dir: lexicon.lexicon_dir, shutdown_grace, ..Config::default() };
+        Command::Serve { addr, lexicon, shutdown_grace, console_addr, heartbeat_interval } => {
+            let config = Config { shutdown_grace, heartbeat_interval, ..lexicon.config()? };
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
-            server::run(listener, config, shutdown::signal()).await?;
+            let console = match console_addr {
+                Some(addr) => Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("cannot listen on {addr} for the console"))?,
+                ),
+                None => None,
+            };
+            server::run_with_console(listener, console, config, shutdown::signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Screen { input, lexicon } => screen(input, lexicon.config()?),
