@@ -71,12 +71,18 @@ async fn console_serves_page_and_validates_requests() {
         assert_eq!(status, 200, "help: {asset}");
         assert!(body.len() > 500, "help: {asset} is served whole");
     }
-    let (status, body) = http(console, "GET", "/api/events?tenant_id=", None).await;
+    let (status, body) = http(console, "GET", "/api/events", None).await;
     assert_eq!(status, 400);
     assert_eq!(serde_json::from_str::<Value>(&body).expect("json")["field"], "tenant_id");
     let (status, body) =
         http(console, "GET", "/api/events?tenant_id=t&min_severity=HUGE", None).await;
     assert_eq!(status, 400, "help: {body}");
+    let (status, body) = http(console, "GET", "/api/entry-stats", None).await;
+    assert_eq!(status, 400, "help: {body}");
+    let (status, body) =
+        http(console, "POST", "/api/acknowledge", Some(&json!({"tenant_id": "t"}))).await;
+    assert_eq!(status, 400);
+    assert_eq!(serde_json::from_str::<Value>(&body).expect("json")["field"], "alert_id");
     let unknown = json!({"tenant_id": "t", "alert_id": "al-x", "acknowledged_by": "s"});
     let (status, _) = http(console, "POST", "/api/acknowledge", Some(&unknown)).await;
     assert_eq!(status, 404);

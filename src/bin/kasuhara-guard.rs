@@ -151,6 +151,7 @@ fn init_logging(format: LogFormat) {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve { addr, lexicon, shutdown_grace, console_addr, heartbeat_interval } => {
+            anyhow::ensure!(!heartbeat_interval.is_zero(), "--heartbeat-interval must be positive");
             let config = Config { shutdown_grace, heartbeat_interval, ..lexicon.config()? };
             let listener = TcpListener::bind(addr)
                 .await

@@ -99,9 +99,11 @@ fn error_response(error: ScreenError) -> Response {
     (status, Json(serde_json::json!({"error": error.to_string(), "field": field}))).into_response()
 }
 
-/// The query of `GET /api/events`: the Subscribe filter, lists comma-separated.
+/// The query of `GET /api/events`: the Subscribe filter, lists comma-separated. Every field
+/// defaults, so a missing one is reported by our validation, with its name.
 #[derive(Debug, Default, Deserialize)]
 struct EventsQuery {
+    #[serde(default)]
     tenant_id: String,
     #[serde(default)]
     min_severity: String,
@@ -192,15 +194,15 @@ async fn events(
 }
 
 /// The body of `POST /api/acknowledge`; the same fields as `AcknowledgeRequest`, the outcome
-/// as its code without the prefix (`FALSE_ALARM`; `SEEN` or absent for none).
-#[derive(Debug, Deserialize)]
+/// as its code without the prefix (`FALSE_ALARM`; `SEEN` or absent for none). Missing fields
+/// default, so validation names them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 struct AcknowledgeBody {
     tenant_id: String,
     alert_id: String,
     acknowledged_by: String,
-    #[serde(default)]
     outcome: Option<String>,
-    #[serde(default)]
     note: String,
 }
 
@@ -229,7 +231,8 @@ async fn acknowledge_json(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
 struct StatsQuery {
     tenant_id: String,
 }
