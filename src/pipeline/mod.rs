@@ -115,6 +115,9 @@ impl Pipeline {
             return Ok(Vec::new());
         }
         let original: Vec<char> = text.chars().collect();
+        // Context is cut from the whole text masked at once (masking keeps every char in
+        // place), so a phone number cut off at the window's edge is still masked.
+        let masked: Vec<char> = self.personal_data_masked(text.to_owned()).chars().collect();
         Ok(found
             .hits
             .into_iter()
@@ -140,7 +143,7 @@ impl Pipeline {
                             .personal_data_masked(normalized.as_str()[hit.bytes].to_owned()),
                         entry_id: entry.id.clone(),
                         reason,
-                        context: original[context.clone()].iter().collect(),
+                        context: masked[context.clone()].iter().collect(),
                         context_start: span.start - context.start,
                     },
                 }
@@ -389,8 +392,8 @@ mod tests {
         }
     }
 
-    /// A phone number inside the quoted words is masked (offsets unchanged) unless the tenant
-    /// turned masking off.
+    /// A phone number inside the quoted words (and their context) is masked (offsets
+    /// unchanged) unless the tenant turned masking off.
     #[test]
     fn evidence_masks_personal_data() {
         let text = "担当の名前と携帯090-1234-5678をネットに晒してやる";
@@ -398,6 +401,7 @@ mod tests {
             let found = p.screen(text).expect("screen");
             let e = found.into_iter().flat_map(|d| d.evidence).next().expect("exposure threat");
             let original: String = text.chars().skip(e.start).take(e.end - e.start).collect();
+            assert!(!p.mask_personal_data || !e.context.contains("1234"), "help: {:?}", e.context);
             (e.quote, original)
         };
         let (masked, original) = quote(pipeline());
