@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::alert::bus::HistorySizes;
 pub use crate::telemetry::LogFormat;
 use toml::Spanned;
 
@@ -33,6 +34,14 @@ pub const DEFAULT_LOG_FILTER: &str = "info";
 /// How many alerts a supervisor stream may fall behind before it skips ahead; a second or more
 /// of alerts at the busiest rate we measure.
 pub const DEFAULT_ALERT_BUFFER: usize = 4096;
+/// How long a supervisor stream may stay silent before it gets a heartbeat: well inside the
+/// idle timeouts of proxies and browsers (30-60 s), rare enough to cost nothing.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+/// Events kept per tenant for supervisors who reconnect: minutes of a busy floor, a few
+/// hundred kilobytes per tenant.
+pub const DEFAULT_ALERT_HISTORY: usize = 1000;
+/// The most events a tenant's history may keep, so a typo cannot take the memory.
+pub const MAX_ALERT_HISTORY: usize = 1_000_000;
 
 /// Settings for one server.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +56,8 @@ pub struct Config {
     pub alert_buffer: usize,
     /// Admission limits: open conversations, segments per second.
     pub limits: crate::limits::Limits,
+    /// Silence after which a supervisor stream gets a heartbeat.
+    pub heartbeat_interval: Duration,
 }
 
 impl Default for Config {
@@ -57,6 +68,7 @@ impl Default for Config {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             alert_buffer: DEFAULT_ALERT_BUFFER,
             limits: crate::limits::Limits::default(),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
         }
     }
 }
@@ -87,6 +99,9 @@ pub struct TenantPolicy {
     /// Mask phone numbers, e-mail addresses, card-like numbers and street numbers in evidence
     /// (default true).
     pub mask_personal_data: bool,
+    /// Events kept for supervisors who reconnect with a cursor, and alerts that can still be
+    /// acknowledged (default 1000).
+    pub alert_history: usize,
 }
 
 /// A tenant's changes to the shared lexicon: a directory of extra lexicon files (entries and
@@ -118,6 +133,7 @@ impl Default for TenantPolicy {
             idle_timeout: Duration::from_secs(600),
             lexicon: LexiconOverlay::default(),
             mask_personal_data: true,
+            alert_history: DEFAULT_ALERT_HISTORY,
         }
     }
 }
@@ -135,6 +151,14 @@ impl PolicySet {
     /// The policy for `tenant_id`.
     pub fn for_tenant(&self, tenant_id: &str) -> &TenantPolicy {
         self.tenants.get(tenant_id).unwrap_or(&self.default)
+    }
+
+    /// Each tenant's alert history size, for the alert hub.
+    pub fn alert_history(&self) -> HistorySizes {
+        HistorySizes {
+            default: self.default.alert_history,
+            tenants: self.tenants.iter().map(|(id, p)| (id.clone(), p.alert_history)).collect(),
+        }
     }
 
     /// Reads a policy TOML file (see `examples/policy.toml`); relative overlay directories
@@ -629,6 +653,7 @@ struct PolicySection {
     lexicon_overlay: Option<PathBuf>,
     lexicon_disable: Option<Spanned<Vec<String>>>,
     mask_personal_data: Option<bool>,
+    alert_history: Option<usize>,
 }
 
 impl PolicySection {
@@ -680,6 +705,13 @@ impl PolicySection {
         duration("restraint_after", self.restraint_after, &mut out.restraint_after);
         duration("cooldown", self.cooldown, &mut out.cooldown);
         duration("idle_timeout", self.idle_timeout, &mut out.idle_timeout);
+        match self.alert_history {
+            Some(n) if n == 0 || n > MAX_ALERT_HISTORY => errors.push(format!(
+                "{section}.alert_history = {n}: must be between 1 and {MAX_ALERT_HISTORY}"
+            )),
+            Some(n) => out.alert_history = n,
+            None => {}
+        }
         out
     }
 }
@@ -792,6 +824,11 @@ mod tests {
         assert_eq!(acme.persistence_repeats, 5);
         assert_eq!(acme.cooldown, Duration::from_secs(10));
         assert_eq!(acme.restraint_after, Duration::from_secs(3600));
+        let set = PolicySet::parse("[tenants.acme]\nalert_history = 50\n").expect("valid");
+        assert_eq!(set.alert_history().for_tenant("acme"), 50);
+        assert_eq!(set.alert_history().for_tenant("other"), DEFAULT_ALERT_HISTORY);
+        let err = PolicySet::parse("[default]\nalert_history = 2000000\n").expect_err("huge");
+        assert!(err.contains("default.alert_history"), "help: {err}");
     }
 
     /// The shipped example parses and says what it claims.

@@ -36,6 +36,9 @@ pub enum ScreenError {
     /// The request is valid but out of order (a segment before `ConversationStart`).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The request names something the server does not have (an unknown alert id).
+    #[error("{0}")]
+    NotFound(&'static str),
     /// The server is shutting down.
     #[error("server is shutting down")]
     Unavailable,
@@ -68,6 +71,7 @@ impl From<ScreenError> for Status {
                 Status::with_error_details(Code::ResourceExhausted, description, details)
             }
             ScreenError::FailedPrecondition(message) => Status::failed_precondition(message),
+            ScreenError::NotFound(message) => Status::not_found(message),
             ScreenError::Unavailable => Status::unavailable("server is shutting down"),
             ScreenError::Internal(detail) => {
                 tracing::error!(%detail, "internal screening error");

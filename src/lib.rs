@@ -11,14 +11,16 @@
 //! grpc::screening  ── Screen / ScreenText: decode, validate ─┐
 //! conversation     ── per-conversation state, segment → alerts
 //! pipeline         ── normalize → segment (lindera) → matcher (Aho-Corasick) → detections
-//! alert            ── AlertHub broadcast fan-out ──▶ grpc::alerts ── Subscribe
+//! alert            ── AlertHub: per-tenant streams with history, acks ──▶ grpc::alerts ── Subscribe
+//!                                                                   └──▶ console ── SSE page
 //! ```
 //!
 //! - [`policy`]: category and severity codes, policy words and the response ladder.
 //! - [`dictionary`]: lexicon files (`dictionaries/**/*.tsv`) parsed and validated.
 //! - [`pipeline`]: the synchronous screening pipeline (no tokio inside).
 //! - [`conversation`]: one conversation's state and limits; [`limits`]: admission limits.
-//! - [`alert`]: alerts, ids, filters and the fan-out hub.
+//! - [`alert`]: alerts, ids, filters, the hub, its resumable bus and acknowledgement ledger.
+//! - [`console`]: the supervisor web page (server-sent events, JSON), on its own port.
 //! - [`grpc`]: thin tonic services; [`error`]: the one error-to-status mapping.
 //! - [`server`]: wiring, health, reflection and graceful shutdown; [`config`], [`shutdown`].
 //! - [`telemetry`]: logs, traces and Prometheus metrics.
@@ -31,6 +33,7 @@ pub mod alert;
 pub mod callers;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod conversation;
 pub mod dictionary;
 pub mod error;

@@ -485,7 +485,15 @@ async fn subscribe(mut events: tonic::Streaming<pb::AlertEvent>, recorder: Arc<R
             Some(pb::alert_event::Kind::Update(_)) => {
                 recorder.alert_updates.fetch_add(1, Ordering::Relaxed);
             }
-            Some(pb::alert_event::Kind::Summary(_)) | None => {}
+            // Heartbeats, acknowledgements and summaries carry no latency; a gap notice means
+            // this subscriber fell behind, which shows as fewer alerts than expected.
+            Some(
+                pb::alert_event::Kind::Summary(_)
+                | pb::alert_event::Kind::Heartbeat(_)
+                | pb::alert_event::Kind::Gap(_)
+                | pb::alert_event::Kind::Acknowledgement(_),
+            )
+            | None => {}
         }
     }
 }

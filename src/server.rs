@@ -37,8 +37,10 @@ use crate::telemetry;
 pub struct Shared {
     /// The screening pipelines: shared, and per tenant with a lexicon overlay.
     pub pipelines: Pipelines,
-    /// Alert fan-out to supervisors.
+    /// Alert streams, history and acknowledgements for supervisors.
     pub hub: AlertHub,
+    /// Silence after which a supervisor stream gets a heartbeat.
+    pub heartbeat_interval: std::time::Duration,
     /// Alert id source.
     pub alert_ids: AlertIds,
     /// Repeat-caller history across conversations.
@@ -136,11 +138,26 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    run_with_console(listener, None, config, shutdown).await
+}
+
+/// Like [`run`], and also serves the supervisor console on `console` when given; it stops and
+/// drains with the gRPC services.
+///
+/// # Errors
+/// A lexicon that fails to load, or a transport failure.
+pub async fn run_with_console(
+    listener: TcpListener,
+    console: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     let pipelines = load_pipelines(&config)?;
     let token = CancellationToken::new();
     let shared = Arc::new(Shared {
         pipelines,
-        hub: AlertHub::new(config.alert_buffer),
+        hub: AlertHub::new(config.alert_buffer, config.policy.alert_history()),
+        heartbeat_interval: config.heartbeat_interval,
         alert_ids: AlertIds::default(),
         callers: CallerHistory::default(),
         policy: config.policy.clone(),
@@ -170,6 +187,14 @@ pub async fn run(
     };
     tokio::spawn(drain);
 
+    if let Some(console) = console {
+        let shared = Arc::clone(&shared);
+        shared.tasks.clone().spawn(async move {
+            if let Err(error) = crate::console::serve(console, shared).await {
+                tracing::error!(%error, "console stopped");
+            }
+        });
+    }
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving");
     }

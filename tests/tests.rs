@@ -2,10 +2,12 @@
 
 /// Thousands of malformed requests over real gRPC, then screening still works.
 mod adversarial;
-/// Supervisors receiving alerts on Subscribe while a conversation streams.
+/// Supervisors: filtered, resumable Subscribe streams, heartbeats, lag, Acknowledge.
 mod alerts;
 /// docs/api.md, generated from the .proto comments, is current.
 mod api_doc;
+/// The supervisor console over HTTP, and end to end in a headless Chromium.
+mod console;
 /// Streaming conversations in and reading verdicts; ScreenText; bad input.
 mod ingest;
 /// Admission limits: duplicate live ids, open conversations, segment floods.

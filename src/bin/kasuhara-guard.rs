@@ -69,6 +69,13 @@ struct ServeArgs {
     /// [env: KASUHARA_ALERT_BUFFER] [default: 4096].
     #[arg(long)]
     alert_buffer: Option<usize>,
+    /// Serve the supervisor console (web page) on this address; off when absent. It has no
+    /// authentication of its own: keep it on loopback or behind an authenticating proxy.
+    #[arg(long, env = "KASUHARA_CONSOLE_ADDR")]
+    console_addr: Option<SocketAddr>,
+    /// Silence after which a supervisor stream gets a heartbeat (e.g. 15s).
+    #[arg(long, env = "KASUHARA_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = config::parse_duration)]
+    heartbeat_interval: Duration,
     #[command(flatten)]
     lexicon: LexiconArgs,
 }
@@ -266,7 +273,7 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(_) => serve(settings).await,
+        Command::Serve(args) => serve(settings, args.console_addr, args.heartbeat_interval).await,
         Command::Screen { input, .. } => screen(input, settings.server),
         Command::Lexicon { command: LexiconCommand::Check { explain, .. } } => {
             lexicon_check(settings.server, &explain)
@@ -289,11 +296,26 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
     }
 }
 
-/// `serve`: the gRPC service until SIGTERM/SIGINT, and the metrics endpoint beside it.
-async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
+/// `serve`: the gRPC service until SIGTERM/SIGINT, the metrics endpoint beside it, and the
+/// supervisor console when asked for.
+async fn serve(
+    mut settings: Settings,
+    console_addr: Option<SocketAddr>,
+    heartbeat_interval: Duration,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(!heartbeat_interval.is_zero(), "--heartbeat-interval must be positive");
+    settings.server.heartbeat_interval = heartbeat_interval;
     let listener = TcpListener::bind(settings.addr)
         .await
         .with_context(|| format!("cannot listen on {}", settings.addr))?;
+    let console = match console_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for the console"))?,
+        ),
+        None => None,
+    };
     let stop_metrics = CancellationToken::new();
     if let MetricsAddr::At(addr) = settings.metrics_addr {
         let metrics = TcpListener::bind(addr)
@@ -302,7 +324,8 @@ async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
         let handle = telemetry::metrics_handle()?;
         tokio::spawn(telemetry::serve_metrics(metrics, handle, stop_metrics.clone()));
     }
-    let served = server::run(listener, settings.server, shutdown::signal()).await;
+    let served =
+        server::run_with_console(listener, console, settings.server, shutdown::signal()).await;
     stop_metrics.cancel();
     served?;
     Ok(ExitCode::SUCCESS)

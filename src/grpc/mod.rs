@@ -4,8 +4,12 @@
 pub mod alerts;
 pub mod screening;
 
+use std::time::SystemTime;
+
 use prost_types::Timestamp;
 
+use crate::alert::ack::{AckOutcome, Acknowledgement};
+use crate::alert::bus::{Cursor, Delivery, GapReason};
 use crate::alert::{Alert, AlertStatus, HubEvent, Summary};
 use crate::conversation::Speaker;
 use crate::error::ScreenError;
@@ -90,6 +94,8 @@ fn evidence_to_pb(e: &Evidence) -> pb::Evidence {
         normalized: e.normalized.clone(),
         entry_id: e.entry_id.clone(),
         reason: e.reason.clone(),
+        context: e.context.clone(),
+        context_start: e.context_start as u32,
     }
 }
 
@@ -139,17 +145,71 @@ pub fn summary_to_pb(summary: &Summary) -> pb::ConversationSummary {
     }
 }
 
-/// Converts a hub event to the supervisor stream's message.
-pub fn event_to_pb(event: &HubEvent) -> pb::AlertEvent {
+/// Converts an acknowledgement outcome to the wire enum.
+pub fn outcome_to_pb(outcome: AckOutcome) -> pb::AckOutcome {
+    use pb::AckOutcome as P;
+    match outcome {
+        AckOutcome::Seen => P::Unspecified,
+        AckOutcome::WarnedCustomer => P::WarnedCustomer,
+        AckOutcome::TookOver => P::TookOver,
+        AckOutcome::EndedCall => P::EndedCall,
+        AckOutcome::FalseAlarm => P::FalseAlarm,
+        AckOutcome::Escalated => P::Escalated,
+        AckOutcome::NoAction => P::NoAction,
+    }
+}
+
+/// Converts a wire outcome; `UNSPECIFIED` is "seen", an unknown number `None`.
+pub fn outcome_from_pb(value: i32) -> Option<AckOutcome> {
+    let wire = pb::AckOutcome::try_from(value).ok()?;
+    AckOutcome::ALL.into_iter().find(|&o| outcome_to_pb(o) == wire)
+}
+
+/// Converts an acknowledgement to the wire message.
+pub fn acknowledgement_to_pb(ack: &Acknowledgement) -> pb::Acknowledgement {
+    pb::Acknowledgement {
+        alert: Some(alert_to_pb(&ack.alert)),
+        acknowledged_by: ack.acknowledged_by.clone(),
+        acknowledged_at: Some(Timestamp::from(ack.acknowledged_at)),
+        outcome: outcome_to_pb(ack.outcome).into(),
+        note: ack.note.clone(),
+    }
+}
+
+/// Converts a subscription's delivery to the supervisor stream's message.
+pub fn delivery_to_pb(delivery: &Delivery) -> pb::AlertEvent {
     use pb::alert_event::Kind;
-    let kind = match event {
-        HubEvent::Alert(a) => Kind::Alert(alert_to_pb(a)),
-        HubEvent::Update(a, seq) => {
-            Kind::Update(pb::AlertUpdate { alert: Some(alert_to_pb(a)), seq: *seq })
+    let (kind, cursor) = match delivery {
+        Delivery::Event { cursor, event } => {
+            let kind = match event {
+                HubEvent::Alert(a) => Kind::Alert(alert_to_pb(a)),
+                HubEvent::Update(a, seq) => {
+                    Kind::Update(pb::AlertUpdate { alert: Some(alert_to_pb(a)), seq: *seq })
+                }
+                HubEvent::Summary(s) => Kind::Summary(summary_to_pb(s)),
+                HubEvent::Acknowledged(ack) => Kind::Acknowledgement(acknowledgement_to_pb(ack)),
+            };
+            (kind, cursor)
         }
-        HubEvent::Summary(s) => Kind::Summary(summary_to_pb(s)),
+        Delivery::Gap { cursor, missed, reason } => {
+            let reason = match reason {
+                GapReason::HistoryExpired => pb::GapReason::HistoryExpired,
+                GapReason::SubscriberLagged => pb::GapReason::SubscriberLagged,
+                GapReason::CursorUnknown => pb::GapReason::CursorUnknown,
+            };
+            (Kind::Gap(pb::Gap { missed: *missed, reason: reason.into() }), cursor)
+        }
     };
-    pb::AlertEvent { kind: Some(kind) }
+    pb::AlertEvent { kind: Some(kind), cursor: cursor.to_string() }
+}
+
+/// A heartbeat at the subscriber's position.
+pub fn heartbeat_to_pb(position: Cursor) -> pb::AlertEvent {
+    let heartbeat = pb::Heartbeat { sent_at: Some(Timestamp::from(SystemTime::now())) };
+    pb::AlertEvent {
+        kind: Some(pb::alert_event::Kind::Heartbeat(heartbeat)),
+        cursor: position.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -168,5 +228,9 @@ mod tests {
         assert_eq!(category_from_pb(0), None);
         assert_eq!(category_from_pb(99), None);
         assert!(speaker_from_pb("speaker", 0).is_err());
+        for o in AckOutcome::ALL {
+            assert_eq!(outcome_from_pb(outcome_to_pb(o) as i32), Some(o));
+        }
+        assert_eq!(outcome_from_pb(99), None);
     }
 }

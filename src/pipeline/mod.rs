@@ -46,7 +46,16 @@ pub struct Evidence {
     pub entry_id: String,
     /// Why: the entry's rationale, plus any context rule that raised the severity.
     pub reason: String,
+    /// The screened text around the span (up to [`CONTEXT_CHARS`] either side), so a
+    /// supervisor reads the quote in context.
+    pub context: String,
+    /// Where the quote starts within `context`, in chars.
+    pub context_start: usize,
 }
+
+/// How many chars of the screened text evidence carries on each side of its quote: about a
+/// phrase, enough to read a quote in context without shipping the whole turn.
+pub const CONTEXT_CHARS: usize = 20;
 
 /// One category found in a text: its severity and the evidence for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,12 +117,17 @@ impl Pipeline {
             return Ok(Vec::new());
         }
         let original: Vec<char> = text.chars().collect();
+        // Context is cut from the whole text masked at once (masking keeps every char in
+        // place), so a phone number cut off at the window's edge is still masked.
+        let masked: Vec<char> = self.personal_data_masked(text.to_owned()).chars().collect();
         Ok(found
             .hits
             .into_iter()
             .map(|hit| {
                 let entry = &self.matcher.entries()[hit.entry];
                 let span = normalized.original_chars(hit.bytes.clone());
+                let context = span.start.saturating_sub(CONTEXT_CHARS)
+                    ..(span.end + CONTEXT_CHARS).min(original.len());
                 let reason = match &hit.raised_by {
                     Some(rule) => format!("{} (severity raised by {rule})", entry.rationale),
                     None => entry.rationale.clone(),
@@ -131,6 +145,8 @@ impl Pipeline {
                             .personal_data_masked(normalized.as_str()[hit.bytes].to_owned()),
                         entry_id: entry.id.clone(),
                         reason,
+                        context: masked[context.clone()].iter().collect(),
+                        context_start: span.start - context.start,
                     },
                 }
             })
@@ -387,8 +403,8 @@ mod tests {
         }
     }
 
-    /// A phone number inside the quoted words is masked (offsets unchanged) unless the tenant
-    /// turned masking off.
+    /// A phone number inside the quoted words (and their context) is masked (offsets
+    /// unchanged) unless the tenant turned masking off.
     #[test]
     fn evidence_masks_personal_data() {
         let text = "担当の名前と携帯090-1234-5678をネットに晒してやる";
@@ -396,6 +412,7 @@ mod tests {
             let found = p.screen(text).expect("screen");
             let e = found.into_iter().flat_map(|d| d.evidence).next().expect("exposure threat");
             let original: String = text.chars().skip(e.start).take(e.end - e.start).collect();
+            assert!(!p.mask_personal_data || !e.context.contains("1234"), "help: {:?}", e.context);
             (e.quote, original)
         };
         let (masked, original) = quote(pipeline());

@@ -15,6 +15,8 @@ use tonic::transport::Channel;
 /// A running server; `stop` shuts it down the way a signal would.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The supervisor console's address, when started with one.
+    pub console: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<Result<(), ServerError>>,
 }
@@ -29,13 +31,27 @@ pub fn shipped_config() -> Config {
 
 /// Binds 127.0.0.1:0 before spawning, so the port is known and no sleep is needed.
 pub async fn start_server(config: Config) -> TestServer {
+    start(config, false).await
+}
+
+/// Like [`start_server`], with the supervisor console on a second loopback port.
+pub async fn start_server_with_console(config: Config) -> TestServer {
+    start(config, true).await
+}
+
+async fn start(config: Config, with_console: bool) -> TestServer {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
     let addr = listener.local_addr().expect("local addr");
+    let console = match with_console {
+        true => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind console loopback")),
+        false => None,
+    };
+    let console_addr = console.as_ref().map(|c| c.local_addr().expect("console addr"));
     let (stop, stopped) = oneshot::channel::<()>();
-    let handle = tokio::spawn(server::run(listener, config, async {
+    let handle = tokio::spawn(server::run_with_console(listener, console, config, async {
         let _ = stopped.await;
     }));
-    TestServer { addr, stop: Some(stop), handle }
+    TestServer { addr, console: console_addr, stop: Some(stop), handle }
 }
 
 impl TestServer {
