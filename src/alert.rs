@@ -10,6 +10,8 @@
 
 pub mod ack;
 pub mod bus;
+pub mod redis_bus;
+pub mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,23 +139,26 @@ impl AlertIds {
 /// Where screening's events go: the per-tenant streams and the acknowledgement ledger.
 #[derive(Debug)]
 pub struct AlertHub {
-    bus: bus::AlertBus,
-    ledger: ack::AckLedger,
+    bus: Box<dyn bus::AlertBus>,
+    ledger: Arc<ack::AckLedger>,
 }
 
 impl AlertHub {
-    /// A hub whose subscribers may fall `queue` events behind before they skip, and whose
-    /// tenants keep `history` events (and as many alerts for acknowledgement).
+    /// A one-node hub whose subscribers may fall `queue` events behind before they skip, and
+    /// whose tenants keep `history` events (and as many alerts for acknowledgement).
     pub fn new(queue: usize, history: bus::HistorySizes) -> Self {
-        Self {
-            bus: bus::AlertBus::new(queue, history.clone()),
-            ledger: ack::AckLedger::new(history),
-        }
+        let ledger = Arc::new(ack::AckLedger::new(history.clone()));
+        Self { bus: Box::new(bus::LocalBus::new(queue, history, Arc::clone(&ledger))), ledger }
     }
 
-    /// Publishes an event to its tenant's stream; never waits. Returns its cursor.
-    pub fn publish(&self, event: HubEvent) -> bus::Cursor {
-        self.ledger.observe(&event);
+    /// A hub over `bus`, which must feed every event it carries to `ledger` once.
+    pub fn with_bus(bus: Box<dyn bus::AlertBus>, ledger: Arc<ack::AckLedger>) -> Self {
+        Self { bus, ledger }
+    }
+
+    /// Publishes an event to its tenant's stream; never waits. Returns its cursor when the
+    /// bus numbers it at once (one node).
+    pub fn publish(&self, event: HubEvent) -> Option<bus::Cursor> {
         self.bus.publish(event)
     }
 
@@ -169,7 +174,8 @@ impl AlertHub {
         self.bus.subscribe(filter, resume)
     }
 
-    /// Records an acknowledgement and streams it to the tenant's subscribers.
+    /// Records an acknowledgement and streams it to the tenant's subscribers; the ledger
+    /// counts it as the bus carries it.
     ///
     /// # Errors
     /// An alert the tenant does not have among its recent ones.
@@ -233,13 +239,13 @@ impl AlertFilter {
     }
 }
 
+/// Test helpers shared by the alert modules' unit tests.
 #[cfg(test)]
-mod tests {
-    use super::ack::{AckError, AckOutcome, AckRequest};
-    use super::bus::{Delivery, GapReason, HistorySizes, Resume, SubscribeError};
+pub(crate) mod tests_support {
     use super::*;
 
-    fn alert(tenant: &str, category: Category, severity: Severity) -> Alert {
+    /// An alert of tenant t1, category and severity as given.
+    pub(crate) fn alert(tenant: &str, category: Category, severity: Severity) -> Alert {
         Alert {
             alert_id: "a".into(),
             conversation_id: "c".into(),
@@ -258,7 +264,7 @@ mod tests {
     }
 
     /// An alert of tenant t1 with this id, citing these lexicon entries.
-    fn numbered(id: &str, entries: &[&str]) -> Arc<Alert> {
+    pub(crate) fn numbered(id: &str, entries: &[&str]) -> Arc<Alert> {
         let mut a = alert("t1", Category::Attack, Severity::High);
         a.alert_id = id.into();
         a.evidence = entries
@@ -275,6 +281,19 @@ mod tests {
             })
             .collect();
         Arc::new(a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ack::{AckError, AckOutcome, AckRequest};
+    use super::bus::{Cursor, Delivery, GapReason, HistorySizes, Resume, SubscribeError};
+    use super::tests_support::{alert, numbered};
+    use super::*;
+
+    /// Publishes alert `id` on a one-node hub, which numbers it at once.
+    fn published(hub: &AlertHub, id: &str) -> Cursor {
+        hub.publish(HubEvent::Alert(numbered(id, &[]))).expect("a one-node bus numbers at once")
     }
 
     fn hub(queue: usize, history: usize) -> AlertHub {
@@ -331,8 +350,8 @@ mod tests {
         hub.publish(HubEvent::Alert(numbered("before", &[])));
         let mut a = hub.subscribe(tenant("t1"), Resume::Live).expect("a");
         let mut b = hub.subscribe(tenant("t1"), Resume::Live).expect("b");
-        let first = hub.publish(HubEvent::Alert(numbered("x", &[])));
-        let second = hub.publish(HubEvent::Alert(numbered("y", &[])));
+        let first = published(&hub, "x");
+        let second = published(&hub, "y");
         assert!(second.seq() > first.seq());
         assert_eq!(alert_id(a.next().await), "x");
         assert_eq!(alert_id(a.next().await), "y");
@@ -346,7 +365,7 @@ mod tests {
         let hub = hub(8, 16);
         let other = tenant("t2");
         let mut other_tenant = hub.subscribe(other, Resume::Live).expect("t2");
-        let c1 = hub.publish(HubEvent::Alert(numbered("1", &[])));
+        let c1 = published(&hub, "1");
         hub.publish(HubEvent::Alert(numbered("2", &[])));
         hub.publish(HubEvent::Alert(numbered("3", &[])));
         let mut s = hub
@@ -371,7 +390,7 @@ mod tests {
     #[tokio::test]
     async fn expired_cursor_reports_lost_events() {
         let hub = hub(8, 3);
-        let c1 = hub.publish(HubEvent::Alert(numbered("1", &[])));
+        let c1 = published(&hub, "1");
         for id in ["2", "3", "4", "5", "6"] {
             hub.publish(HubEvent::Alert(numbered(id, &[])));
         }
@@ -390,7 +409,7 @@ mod tests {
     #[tokio::test]
     async fn bad_cursors() {
         let hub = hub(8, 3);
-        let issued = hub.publish(HubEvent::Alert(numbered("1", &[]))).to_string();
+        let issued = published(&hub, "1").to_string();
         let (instance, _) = issued.split_once('-').expect("instance-seq");
         let ahead = Resume::parse(&format!("{instance}-99")).expect("well-formed");
         assert_eq!(hub.subscribe(tenant("t1"), ahead).err(), Some(SubscribeError::CursorAhead));

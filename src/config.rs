@@ -43,6 +43,49 @@ pub const DEFAULT_ALERT_HISTORY: usize = 1000;
 /// The most events a tenant's history may keep, so a typo cannot take the memory.
 pub const MAX_ALERT_HISTORY: usize = 1_000_000;
 
+/// How long any one Redis call may take before it counts as failed: far above a healthy
+/// round trip (~0.1 ms here), short enough that a stalled Redis is noticed within a second.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+/// The approximate length cap of each tenant's alert stream in Redis: ten times the default
+/// replay history, so a restarted node always finds a full history.
+pub const DEFAULT_REDIS_STREAM_MAXLEN: usize = 10_000;
+/// Alert events a node buffers while Redis is unreachable: minutes of a busy node's alerts,
+/// tens of megabytes at most.
+pub const DEFAULT_REDIS_BUFFER: usize = 100_000;
+
+/// Scale-out on Redis (see docs/scale-out.md): where it is and how it is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://HOST:PORT[/DB]`, checked at start.
+    pub url: String,
+    /// The bound on every Redis call.
+    pub timeout: Duration,
+    /// `MAXLEN ~` of each tenant's alert stream.
+    pub stream_maxlen: usize,
+    /// Alert events buffered while Redis is unreachable.
+    pub buffer: usize,
+}
+
+impl RedisSettings {
+    /// Defaults for everything but the URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            timeout: DEFAULT_REDIS_TIMEOUT,
+            stream_maxlen: DEFAULT_REDIS_STREAM_MAXLEN,
+            buffer: DEFAULT_REDIS_BUFFER,
+        }
+    }
+}
+
+/// Checks a Redis URL the way the client will read it.
+fn check_redis_url(url: &str) -> Result<(), String> {
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err("must start with redis:// (or rediss://)".to_owned());
+    }
+    redis::Client::open(url).map(drop).map_err(|e| e.to_string())
+}
+
 /// Settings for one server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -58,6 +101,8 @@ pub struct Config {
     pub limits: crate::limits::Limits,
     /// Silence after which a supervisor stream gets a heartbeat.
     pub heartbeat_interval: Duration,
+    /// Shared alert bus and call state on Redis; `None` runs one node in memory.
+    pub redis: Option<RedisSettings>,
 }
 
 impl Default for Config {
@@ -69,6 +114,7 @@ impl Default for Config {
             alert_buffer: DEFAULT_ALERT_BUFFER,
             limits: crate::limits::Limits::default(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            redis: None,
         }
     }
 }
@@ -291,6 +337,8 @@ pub struct Overrides {
     pub log_filter: Option<String>,
     /// `--otlp-endpoint`, `KASUHARA_OTLP_ENDPOINT`.
     pub otlp_endpoint: Option<String>,
+    /// `--redis`, `KASUHARA_REDIS`: the Redis URL that turns scale-out on.
+    pub redis: Option<String>,
 }
 
 impl Overrides {
@@ -333,12 +381,14 @@ impl Overrides {
             get("KASUHARA_LOG_FORMAT", &format),
             get("KASUHARA_LOG", &any),
             get("KASUHARA_OTLP_ENDPOINT", &any),
+            get("KASUHARA_REDIS", &check_redis_url),
         ];
         if !errors.is_empty() {
             return Err(ConfigError::Invalid(errors));
         }
         // Every value was checked above, so these parses succeed.
-        let [config, addr, metrics, lexicon, policy, grace, buffer, format, filter, otlp] = raw;
+        let [config, addr, metrics, lexicon, policy, grace, buffer, format, filter, otlp, redis] =
+            raw;
         Ok(Overrides {
             config: config.map(PathBuf::from),
             addr: addr.and_then(|v| v.parse().ok()),
@@ -350,6 +400,7 @@ impl Overrides {
             log_format: format.and_then(|v| clap::ValueEnum::from_str(&v, true).ok()),
             log_filter: filter,
             otlp_endpoint: otlp,
+            redis,
         })
     }
 
@@ -365,6 +416,7 @@ impl Overrides {
             log_format,
             log_filter,
             otlp_endpoint,
+            redis,
         } = self.clone();
         settings.addr = addr.unwrap_or(settings.addr);
         settings.metrics_addr = metrics_addr.unwrap_or(settings.metrics_addr);
@@ -375,6 +427,11 @@ impl Overrides {
         settings.log_format = log_format.unwrap_or(settings.log_format);
         settings.log_filter = log_filter.unwrap_or(settings.log_filter.clone());
         settings.otlp_endpoint = otlp_endpoint.or(settings.otlp_endpoint.take());
+        if let Some(url) = redis {
+            let current = settings.server.redis.take();
+            settings.server.redis =
+                Some(RedisSettings { url, ..current.unwrap_or_else(|| RedisSettings::new("")) });
+        }
     }
 }
 
@@ -390,7 +447,17 @@ struct ConfigFile {
     lexicon: LexiconSection,
     #[serde(default)]
     log: LogSection,
+    redis: Option<RedisSection>,
     policy: Option<PolicyFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RedisSection {
+    url: Spanned<String>,
+    timeout: Option<Spanned<String>>,
+    stream_maxlen: Option<Spanned<usize>>,
+    buffer: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -487,6 +554,30 @@ impl Settings {
         self.log_format = file.log.format.unwrap_or(self.log_format);
         self.log_filter = file.log.filter.unwrap_or(self.log_filter.clone());
         self.otlp_endpoint = file.log.otlp_endpoint.filter(|e| !e.is_empty());
+        if let Some(section) = &file.redis {
+            let mut redis = RedisSettings::new(section.url.get_ref().clone());
+            if let Some(timeout) =
+                source.value(&section.timeout, "redis.timeout", &mut errors, parse_duration)
+            {
+                redis.timeout = timeout;
+            }
+            for (value, name, target) in [
+                (&section.stream_maxlen, "redis.stream_maxlen", &mut redis.stream_maxlen),
+                (&section.buffer, "redis.buffer", &mut redis.buffer),
+            ] {
+                match value.as_ref().map(|v| (*v.get_ref(), v.span())) {
+                    Some((0, span)) => {
+                        errors.push(format!("{}{name}: must be at least 1", source.at(span)))
+                    }
+                    Some((n, _)) => *target = n,
+                    None => {}
+                }
+            }
+            if let Err(e) = check_redis_url(&redis.url) {
+                errors.push(format!("{}redis.url: {e}", source.at(section.url.span())));
+            }
+            self.server.redis = Some(redis);
+        }
         if let Some(policy) = file.policy {
             // Overlay directories are relative to the file that names them, as in a policy file.
             let base = path.parent().unwrap_or(Path::new("."));
@@ -504,6 +595,11 @@ impl Settings {
         // Port 0 asks for any free port, twice over, which cannot clash.
         if self.addr.port() != 0 && self.metrics_addr == MetricsAddr::At(self.addr) {
             errors.push(format!("metrics_addr {} is the gRPC address as well", self.addr));
+        }
+        if let Some(redis) = &self.server.redis
+            && let Err(e) = check_redis_url(&redis.url)
+        {
+            errors.push(format!("redis: {:?} {e}", redis.url));
         }
         if self.otlp_endpoint.is_some() && !cfg!(feature = "otlp") {
             errors.push(
@@ -535,6 +631,16 @@ impl Settings {
         let _ = writeln!(out, "[log]\nformat = {}\nfilter = {}", q(format), q(&self.log_filter));
         if let Some(endpoint) = &self.otlp_endpoint {
             let _ = writeln!(out, "otlp_endpoint = {}", q(endpoint));
+        }
+        if let Some(redis) = &self.server.redis {
+            let _ = writeln!(
+                out,
+                "\n[redis]\nurl = {}\ntimeout = {}\nstream_maxlen = {}\nbuffer = {}",
+                q(&redis.url),
+                q(&format_duration(redis.timeout)),
+                redis.stream_maxlen,
+                redis.buffer
+            );
         }
         let mut section = |name: &str, p: &TenantPolicy| {
             let _ = writeln!(out, "\n[{name}]");

@@ -43,6 +43,7 @@ pub mod limits;
 pub mod loadgen;
 pub mod pipeline;
 pub mod policy;
+pub mod redis;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

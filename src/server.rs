@@ -18,6 +18,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alert::ack::AckLedger;
+use crate::alert::redis_bus::{RedisBus, RedisBusConfig};
 use crate::alert::{AlertHub, AlertIds};
 use crate::callers::CallerHistory;
 use crate::config::{Config, PolicySet};
@@ -30,6 +32,7 @@ use crate::pb::screening_service_server::ScreeningServiceServer;
 use crate::pipeline::matcher::Matcher;
 use crate::pipeline::segment::JapaneseSegmenter;
 use crate::pipeline::{Pipeline, Pipelines};
+use crate::redis::RedisTarget;
 use crate::telemetry;
 
 /// State shared by every handler.
@@ -67,6 +70,9 @@ pub enum ServerError {
     /// The listener or the transport failed.
     #[error("transport error")]
     Transport(#[from] tonic::transport::Error),
+    /// The Redis URL was refused by the client (validated config should prevent this).
+    #[error("invalid redis url")]
+    Redis(#[from] redis::RedisError),
     /// The reflection service could not read our descriptors (a build problem).
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -128,6 +134,34 @@ pub fn load_pipeline(config: &Config) -> Result<Pipeline, ServerError> {
     Ok(load_pipelines(config)?.shared().clone())
 }
 
+/// The alert hub: in memory for one node, or over Redis when configured. An unreachable Redis
+/// does not stop the start: the node screens and delivers to its own supervisors, buffering
+/// alert events until Redis answers (docs/scale-out.md, "Redis down").
+///
+/// # Errors
+/// A Redis URL the client refuses.
+async fn alert_hub(
+    config: &Config,
+    tasks: &TaskTracker,
+    token: &CancellationToken,
+) -> Result<AlertHub, ServerError> {
+    let history = config.policy.alert_history();
+    let Some(redis) = &config.redis else {
+        return Ok(AlertHub::new(config.alert_buffer, history));
+    };
+    let target = RedisTarget::new(&redis.url, redis.timeout)?;
+    let ledger = Arc::new(AckLedger::new(history.clone()));
+    let bus_config = RedisBusConfig {
+        queue: config.alert_buffer,
+        history,
+        stream_maxlen: redis.stream_maxlen,
+        buffer: redis.buffer,
+    };
+    let bus = RedisBus::start(&target, bus_config, Arc::clone(&ledger), tasks, token.clone()).await;
+    tracing::info!(node = bus.node(), "alert bus on redis");
+    Ok(AlertHub::with_bus(Box::new(bus), ledger))
+}
+
 /// Serves the screening and alert services (plus health and reflection) on `listener` until
 /// `shutdown` resolves, then drains.
 ///
@@ -154,16 +188,18 @@ pub async fn run_with_console(
 ) -> Result<(), ServerError> {
     let pipelines = load_pipelines(&config)?;
     let token = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let hub = alert_hub(&config, &tasks, &token).await?;
     let shared = Arc::new(Shared {
         pipelines,
-        hub: AlertHub::new(config.alert_buffer, config.policy.alert_history()),
+        hub,
         heartbeat_interval: config.heartbeat_interval,
         alert_ids: AlertIds::default(),
         callers: CallerHistory::default(),
         policy: config.policy.clone(),
         live: crate::limits::LiveConversations::new(config.limits),
         shutdown: token.clone(),
-        tasks: TaskTracker::new(),
+        tasks,
     });
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -49,6 +49,12 @@ pub const SUBSCRIBERS_OPEN: &str = "kasuhara_subscribers_open";
 pub const ALERT_BACKLOG: &str = "kasuhara_alert_backlog";
 /// Events a lagging supervisor stream skipped (it resumes with the newest).
 pub const ALERTS_DROPPED_TOTAL: &str = "kasuhara_alerts_dropped_total";
+/// Alert events waiting for Redis (scale-out mode): buffered while it is slow or down.
+pub const REDIS_BUFFERED: &str = "kasuhara_redis_buffered_events";
+/// Alert events dropped because the Redis buffer was full (the oldest go first).
+pub const REDIS_DROPPED_TOTAL: &str = "kasuhara_redis_dropped_events_total";
+/// Failed or timed-out Redis calls, by `op` (append|read|state).
+pub const REDIS_ERRORS_TOTAL: &str = "kasuhara_redis_errors_total";
 /// Entries in the loaded lexicon.
 pub const LEXICON_ENTRIES: &str = "kasuhara_lexicon_entries";
 /// Lexicon loads, by `result` (ok|error).
@@ -246,6 +252,9 @@ fn describe_metrics() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(SEGMENTS_TOTAL, "Segments received, by speaker and kind.");
     describe_gauge!(SEGMENTS_IN_FLIGHT, "Segments received and not yet answered.");
+    describe_gauge!(REDIS_BUFFERED, "Alert events waiting to be appended to Redis.");
+    describe_counter!(REDIS_DROPPED_TOTAL, "Alert events dropped: the Redis buffer was full.");
+    describe_counter!(REDIS_ERRORS_TOTAL, "Failed or timed-out Redis calls, by op.");
     describe_counter!(CONVERSATIONS_TOTAL, "Conversations opened.");
     describe_gauge!(CONVERSATIONS_OPEN, "Conversations open now.");
     describe_counter!(CONVERSATIONS_ENDED_TOTAL, "Conversations ended, by reason.");
@@ -455,6 +464,23 @@ pub fn alert_raised(alert: &Alert) {
 /// Records how many events the slowest supervisor stream has yet to read.
 pub fn alert_backlog(queued: usize) {
     gauge!(ALERT_BACKLOG).set(queued as f64);
+}
+
+/// Records how many alert events wait for Redis.
+pub fn redis_buffered(events: usize) {
+    gauge!(REDIS_BUFFERED).set(events as f64);
+}
+
+/// Counts alert events dropped from a full Redis buffer.
+pub fn redis_dropped(events: u64) {
+    counter!(REDIS_DROPPED_TOTAL).increment(events);
+    tracing::error!(events, "redis buffer full: alert events dropped");
+}
+
+/// Counts a failed Redis call; `op` is append, read or state.
+pub fn redis_error(op: &'static str, error: &dyn std::fmt::Display) {
+    counter!(REDIS_ERRORS_TOTAL, "op" => op).increment(1);
+    tracing::warn!(op, %error, "redis call failed");
 }
 
 /// Counts events a lagging supervisor stream skipped.

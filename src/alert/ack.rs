@@ -185,13 +185,19 @@ impl AckLedger {
         self.tenants.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes note of a published event: a new alert is remembered and counted for its
-    /// entries; an update replaces the remembered alert (keeping its acknowledgement).
+    /// Takes note of an event as the bus carries it: a new alert is remembered and counted
+    /// for its entries; an update replaces the remembered alert (keeping its
+    /// acknowledgement); an acknowledgement records its outcome, the latest outcome of an
+    /// alert being the one counted.
+    ///
+    /// With several nodes every node observes every event once, from the shared stream, so
+    /// all ledgers agree whichever node a supervisor acknowledged on.
     pub fn observe(&self, event: &HubEvent) {
         let (alert, is_new) = match event {
             HubEvent::Alert(a) => (a, true),
             HubEvent::Update(a, _) => (a, false),
-            HubEvent::Summary(_) | HubEvent::Acknowledged(_) => return,
+            HubEvent::Acknowledged(ack) => return self.record_outcome(ack),
+            HubEvent::Summary(_) => return,
         };
         let capacity = self.sizes.for_tenant(&alert.tenant_id).max(1);
         let mut tenants = self.lock();
@@ -217,18 +223,35 @@ impl AckLedger {
         );
     }
 
-    /// Records an acknowledgement; the latest outcome of an alert is the one counted.
+    /// Checks that the tenant has the alert among its recent ones and builds the
+    /// acknowledgement; the counts change when the bus carries it back to
+    /// [`AckLedger::observe`].
     ///
     /// # Errors
     /// [`AckError::UnknownAlert`] when the tenant has no such recent alert.
     pub fn acknowledge(&self, request: AckRequest) -> Result<Acknowledgement, AckError> {
+        let tenants = self.lock();
+        let ledger = tenants.get(&request.tenant_id).ok_or(AckError::UnknownAlert)?;
+        let record = ledger.alerts.get(&request.alert_id).ok_or(AckError::UnknownAlert)?;
+        Ok(Acknowledgement {
+            alert: Arc::clone(&record.alert),
+            acknowledged_by: request.acknowledged_by,
+            acknowledged_at: SystemTime::now(),
+            outcome: request.outcome,
+            note: request.note,
+        })
+    }
+
+    /// Counts an acknowledgement's outcome against the alert's entries. An alert no longer
+    /// remembered (evicted meanwhile) changes nothing: its earlier outcome is unknown.
+    fn record_outcome(&self, ack: &Acknowledgement) {
         let mut tenants = self.lock();
-        let ledger = tenants.get_mut(&request.tenant_id).ok_or(AckError::UnknownAlert)?;
-        let record = ledger.alerts.get_mut(&request.alert_id).ok_or(AckError::UnknownAlert)?;
-        let previous = record.outcome.replace(request.outcome);
+        let Some(ledger) = tenants.get_mut(&ack.alert.tenant_id) else { return };
+        let Some(record) = ledger.alerts.get_mut(&ack.alert.alert_id) else { return };
+        let previous = record.outcome.replace(ack.outcome);
         let alert = Arc::clone(&record.alert);
         let was_false = previous == Some(AckOutcome::FalseAlarm);
-        let is_false = request.outcome == AckOutcome::FalseAlarm;
+        let is_false = ack.outcome == AckOutcome::FalseAlarm;
         for id in entry_ids(&alert) {
             let stat = ledger.entry(id);
             if previous.is_none() {
@@ -240,13 +263,6 @@ impl AckLedger {
                 _ => {}
             }
         }
-        Ok(Acknowledgement {
-            alert,
-            acknowledged_by: request.acknowledged_by,
-            acknowledged_at: SystemTime::now(),
-            outcome: request.outcome,
-            note: request.note,
-        })
     }
 
     /// The tenant's per-entry feedback, most false alarms first, then by entry id.

@@ -69,6 +69,11 @@ struct ServeArgs {
     /// [env: KASUHARA_ALERT_BUFFER] [default: 4096].
     #[arg(long)]
     alert_buffer: Option<usize>,
+    /// Share alerts and call state with other nodes through this Redis, e.g.
+    /// redis://127.0.0.1:6379 (see docs/scale-out.md) [env: KASUHARA_REDIS]; one node in
+    /// memory when absent.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
     /// Serve the supervisor console (web page) on this address; off when absent. It has no
     /// authentication of its own: keep it on loopback or behind an authenticating proxy.
     #[arg(long, env = "KASUHARA_CONSOLE_ADDR")]
@@ -215,6 +220,7 @@ impl Cli {
                 flags.metrics_addr = serve.metrics_addr;
                 flags.shutdown_grace = serve.shutdown_grace;
                 flags.alert_buffer = serve.alert_buffer;
+                flags.redis = serve.redis.clone();
                 &serve.lexicon
             }
             Command::Screen { lexicon, .. }

@@ -1,0 +1,128 @@
+//! The Redis connection shared by the scale-out implementations: the alert bus
+//! ([`RedisBus`](crate::alert::redis_bus::RedisBus)) and the shared call state
+//! ([`RedisCallState`](crate::callers::redis::RedisCallState)).
+//!
+//! Every call goes through [`Link::call`], which bounds it with the configured timeout and
+//! drops the connection on any failure so the next call reconnects: a Redis that is down or
+//! slow costs a caller one timeout, never a hang. Each task that talks to Redis owns its own
+//! [`Link`]; the blocking `XREAD` of the reader must not share a connection with anything
+//! else, because Redis answers a connection's commands in order.
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, FromRedisValue, RedisError};
+
+/// Key prefix of everything this service stores in Redis.
+pub const KEY_PREFIX: &str = "kg";
+
+/// Why a Redis call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisCallError {
+    /// No answer within the timeout.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Connecting or the command failed.
+    #[error("redis call failed: {0}")]
+    Redis(#[from] RedisError),
+}
+
+/// A validated Redis URL and the timeouts to use with it.
+#[derive(Debug, Clone)]
+pub struct RedisTarget {
+    client: Client,
+    /// The bound on every call (connect included).
+    pub timeout: Duration,
+}
+
+impl RedisTarget {
+    /// Parses `url` (`redis://HOST:PORT[/DB]`); does not connect.
+    ///
+    /// # Errors
+    /// A URL the redis crate does not accept.
+    pub fn new(url: &str, timeout: Duration) -> Result<Self, RedisError> {
+        Ok(Self { client: Client::open(url)?, timeout })
+    }
+
+    /// A link with no connection yet; it connects on first use.
+    pub fn link(&self) -> Link {
+        Link { target: self.clone(), connection: None }
+    }
+}
+
+/// One task's connection to Redis, reconnected on demand.
+#[derive(Debug)]
+pub struct Link {
+    target: RedisTarget,
+    connection: Option<MultiplexedConnection>,
+}
+
+impl Link {
+    /// The timeout every call is bounded by.
+    pub fn timeout(&self) -> Duration {
+        self.target.timeout
+    }
+
+    /// Runs `cmd` (a command or pipeline), connecting first if needed; `extra` lengthens the
+    /// bound for a command that blocks on purpose (`XREAD BLOCK`).
+    ///
+    /// # Errors
+    /// A timeout, a connection failure or an error reply; the connection is dropped so the
+    /// next call starts afresh.
+    pub async fn call<T: FromRedisValue>(
+        &mut self,
+        cmd: &impl Query,
+        extra: Duration,
+    ) -> Result<T, RedisCallError> {
+        let bound = self.target.timeout + extra;
+        let result = tokio::time::timeout(bound, async {
+            let mut connection = match self.connection.take() {
+                Some(connection) => connection,
+                None => {
+                    let config = AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(self.target.timeout))
+                        .set_response_timeout(Some(bound));
+                    self.target.client.get_multiplexed_async_connection_with_config(&config).await?
+                }
+            };
+            let reply = cmd.run(&mut connection).await;
+            self.connection = Some(connection);
+            reply
+        })
+        .await;
+        let result = match result {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) => RedisCallError::Redis(error),
+            Err(_) => RedisCallError::Timeout(bound),
+        };
+        self.connection = None;
+        Err(result)
+    }
+}
+
+/// A command or a pipeline: what [`Link::call`] runs.
+pub trait Query: Sync {
+    /// Sends it on `connection` and reads the reply.
+    fn run<T: FromRedisValue>(
+        &self,
+        connection: &mut MultiplexedConnection,
+    ) -> impl Future<Output = Result<T, RedisError>> + Send;
+}
+
+impl Query for redis::Cmd {
+    async fn run<T: FromRedisValue>(
+        &self,
+        connection: &mut MultiplexedConnection,
+    ) -> Result<T, RedisError> {
+        self.query_async(connection).await
+    }
+}
+
+impl Query for redis::Pipeline {
+    async fn run<T: FromRedisValue>(
+        &self,
+        connection: &mut MultiplexedConnection,
+    ) -> Result<T, RedisError> {
+        self.query_async(connection).await
+    }
+}
