@@ -20,6 +20,8 @@ mod ops;
 mod overlays;
 /// The dev corpus scored through gRPC, against quality floors.
 mod regression;
+/// Several nodes sharing Redis, as real processes: cross-node alerts, cursors, Redis restart.
+mod scaleout;
 /// Graceful shutdown with open streams.
 mod shutdown;
 mod util;

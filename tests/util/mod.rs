@@ -12,6 +12,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
+pub mod cluster;
+
 /// A running server; `stop` shuts it down the way a signal would.
 pub struct TestServer {
     pub addr: SocketAddr,
