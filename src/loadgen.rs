@@ -75,6 +75,9 @@ pub enum Mode {
 pub struct LoadConfig {
     /// The server, e.g. `http://127.0.0.1:50051`.
     pub endpoint: String,
+    /// The server the supervisor subscription connects to; `None` is `endpoint`. Another node
+    /// sharing Redis makes the alert latency a cross-node one.
+    pub subscribe_endpoint: Option<String>,
     /// Concurrent conversations.
     pub conversations: usize,
     /// Total segments per second in paced mode.
@@ -357,7 +360,9 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
     }
     let recorder = Arc::new(Recorder::new(config.conversations));
 
-    let mut alerts_client = AlertServiceClient::new(connect(config.endpoint.clone()).await?);
+    let subscribe_endpoint =
+        config.subscribe_endpoint.clone().unwrap_or_else(|| config.endpoint.clone());
+    let mut alerts_client = AlertServiceClient::new(connect(subscribe_endpoint).await?);
     let events = alerts_client
         .subscribe(pb::SubscribeRequest { tenant_id: TENANT.into(), ..Default::default() })
         .await

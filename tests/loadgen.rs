@@ -18,6 +18,7 @@ const LINES: &[&str] = &[
 fn config(endpoint: String, mode: Mode) -> LoadConfig {
     LoadConfig {
         endpoint,
+        subscribe_endpoint: None,
         conversations: 4,
         rate: 40.0,
         duration: Duration::from_millis(1500),

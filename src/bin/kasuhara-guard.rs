@@ -147,6 +147,10 @@ struct LoadgenArgs {
     /// The server (HOST:PORT or http://HOST:PORT); ignored with --spawn.
     #[arg(long, default_value = config::DEFAULT_ADDR)]
     addr: String,
+    /// Subscribe on this server instead of --addr: with two nodes sharing Redis, the alert
+    /// latency measured is then cross-node (docs/scale-out.md).
+    #[arg(long, value_name = "HOST:PORT|URL")]
+    subscribe_addr: Option<String>,
     /// Start `kasuhara-guard serve` on a free loopback port and load it (reports start-up
     /// time and the server's CPU and RSS).
     #[arg(long)]
@@ -607,8 +611,10 @@ async fn run_loadgen(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
         None if args.addr.contains("://") => args.addr,
         None => format!("http://{}", args.addr),
     };
+    let url = |addr: String| if addr.contains("://") { addr } else { format!("http://{addr}") };
     let config = loadgen::LoadConfig {
         endpoint,
+        subscribe_endpoint: args.subscribe_addr.map(url),
         conversations: args.conversations,
         rate: args
             .rate
