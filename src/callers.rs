@@ -2,13 +2,71 @@
 //! conversations ("a customer's 3rd or later contact within 24 hours that repeats a demand
 //! already alerted"; "the same demand raised for the 4th time within one customer's contacts").
 //!
-//! Kept in memory for one node, keyed by (tenant, customer id) and pruned by the tenant's
-//! window on every access. A std `Mutex` suffices: it is held for a few map operations and
-//! never across an `.await`.
+//! [`CallState`] is the seam between one node and many: [`CallerHistory`] keeps it in memory
+//! for one node (keyed by (tenant, customer id), pruned by the tenant's window on every
+//! access); [`redis::RedisCallState`] shares it through Redis, with a `CallerHistory` as its
+//! local copy. A std `Mutex` suffices: it is held for a few map operations and never across an
+//! `.await`.
+
+pub mod redis;
 
 use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
+
+use crate::conversation::{ConversationInfo, ConversationSnapshot};
+
+/// What a conversation shares with the other nodes: the customer's contacts (repeat
+/// callers) and its own snapshot, so it can continue on another node.
+///
+/// Only [`CallState::prepare`] may wait (once, when a conversation opens, bounded by the
+/// Redis timeout); the per-segment methods never wait: a shared implementation writes
+/// behind.
+pub trait CallState: Send + Sync + fmt::Debug {
+    /// Before `info`'s conversation opens: learns what other nodes know of the customer's
+    /// contacts within `window`, and returns the conversation's snapshot if another node
+    /// saved one.
+    fn prepare<'a>(
+        &'a self,
+        info: &'a ConversationInfo,
+        window: Duration,
+    ) -> Pin<Box<dyn Future<Output = Option<ConversationSnapshot>> + Send + 'a>>;
+
+    /// Records the start of a contact (again: idempotent per conversation) and returns its
+    /// position within `window`.
+    fn open(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+        conversation_id: &str,
+        started_at: SystemTime,
+        window: Duration,
+    ) -> u32;
+
+    /// Counts one final segment raising `family` in this contact, and reports what earlier
+    /// contacts in the window did with the same family.
+    fn record(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+        conversation_id: &str,
+        family: &str,
+        alerted: bool,
+    ) -> Earlier;
+
+    /// Whether [`CallState::save_snapshot`] keeps anything, so conversations build
+    /// snapshots only when they are used.
+    fn keeps_snapshots(&self) -> bool;
+
+    /// Keeps the snapshot of a conversation after a final segment, for `ttl`; never waits.
+    fn save_snapshot(&self, snapshot: &ConversationSnapshot, ttl: Duration);
+
+    /// Forgets a conversation's snapshot: it ended for good.
+    fn drop_snapshot(&self, tenant_id: &str, conversation_id: &str);
+}
 
 /// The most contacts kept per customer; older ones are dropped first. A customer calling more
 /// often than this within a window is already far past every threshold.
@@ -54,6 +112,10 @@ impl CallerHistory {
         let mut customers = self.customers.lock().unwrap_or_else(|p| p.into_inner());
         let contacts = customers.entry((tenant_id.to_owned(), customer_id.to_owned())).or_default();
         contacts.retain(|c| within(c.started_at, started_at, window));
+        // A conversation reconnected (or seeded from Redis) keeps its place.
+        if let Some(i) = contacts.iter().position(|c| c.conversation_id == conversation_id) {
+            return i as u32 + 1;
+        }
         if contacts.len() >= MAX_CONTACTS_PER_CUSTOMER {
             contacts.remove(0);
         }
@@ -111,6 +173,94 @@ impl CallerHistory {
             c.alerted.insert(family.to_owned());
         }
     }
+}
+
+/// One contact as another node recorded it, for [`CallerHistory::seed`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharedContact {
+    /// Its conversation.
+    pub conversation_id: String,
+    /// When it started.
+    pub started_at: Option<SystemTime>,
+    /// Final segments that raised each family in it.
+    pub family_counts: HashMap<String, u32>,
+    /// Families alerted in it.
+    pub alerted: HashSet<String>,
+}
+
+impl CallerHistory {
+    /// Replaces what this node knows of a customer's contacts with the shared view (oldest
+    /// first), keeping the larger count where this node counted more (writes not yet
+    /// flushed).
+    pub fn seed(&self, tenant_id: &str, customer_id: &str, shared: Vec<SharedContact>) {
+        let mut customers = self.customers.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (tenant_id.to_owned(), customer_id.to_owned());
+        let mut known = customers.remove(&key).unwrap_or_default();
+        let mut contacts: Vec<Contact> = shared
+            .into_iter()
+            .map(|c| {
+                let mut contact = Contact {
+                    conversation_id: c.conversation_id,
+                    started_at: c.started_at,
+                    family_counts: c.family_counts,
+                    alerted: c.alerted,
+                };
+                if let Some(local) =
+                    known.iter_mut().find(|k| k.conversation_id == contact.conversation_id)
+                {
+                    for (family, n) in local.family_counts.drain() {
+                        let count = contact.family_counts.entry(family).or_default();
+                        *count = (*count).max(n);
+                    }
+                    contact.alerted.extend(local.alerted.drain());
+                }
+                contact
+            })
+            .collect();
+        contacts.truncate(MAX_CONTACTS_PER_CUSTOMER);
+        customers.insert(key, contacts);
+    }
+}
+
+impl CallState for CallerHistory {
+    fn prepare<'a>(
+        &'a self,
+        _info: &'a ConversationInfo,
+        _window: Duration,
+    ) -> Pin<Box<dyn Future<Output = Option<ConversationSnapshot>> + Send + 'a>> {
+        // One node knows everything already, and a conversation cannot move to another node.
+        Box::pin(std::future::ready(None))
+    }
+
+    fn open(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+        conversation_id: &str,
+        started_at: SystemTime,
+        window: Duration,
+    ) -> u32 {
+        CallerHistory::open(self, tenant_id, customer_id, conversation_id, started_at, window)
+    }
+
+    fn record(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+        conversation_id: &str,
+        family: &str,
+        alerted: bool,
+    ) -> Earlier {
+        CallerHistory::record(self, tenant_id, customer_id, conversation_id, family, alerted)
+    }
+
+    fn keeps_snapshots(&self) -> bool {
+        false
+    }
+
+    fn save_snapshot(&self, _snapshot: &ConversationSnapshot, _ttl: Duration) {}
+
+    fn drop_snapshot(&self, _tenant_id: &str, _conversation_id: &str) {}
 }
 
 fn within(then: Option<SystemTime>, now: SystemTime, window: Duration) -> bool {

@@ -2,7 +2,18 @@
 //! hygiene, and the detectors of conduct over time.
 //!
 //! The state is owned by the stream's task (one conversation, one task), so it needs no lock;
-//! only the repeat-caller history is shared ([`CallerHistory`]).
+//! only the repeat-caller history is shared ([`CallState`]).
+//!
+//! **Moving between nodes.** With a shared [`CallState`] (Redis), every final segment saves a
+//! [`ConversationSnapshot`]; a conversation whose stream to one node broke can be started
+//! again on another node with the same tenant and conversation id and continues from it.
+//! Carried: the last seq and segment count, segment times, the carried text (at most
+//! [`MAX_CARRIED_CHARS`]) and transcript length (so evidence offsets continue), per-family
+//! persistence counts, the risk score and peak severity, per-category alert state (cooldown
+//! and escalation), the evidence already alerted (so the same words do not alert again) and
+//! the confirmed alert ids. Not carried: provisional alerts from interims after the last final
+//! segment (the next final raises what they would have confirmed), and the tenant policy,
+//! which is the new node's.
 //!
 //! - **Split phrases.** The customer's final text since the last sentence break (at most
 //!   [`MAX_CARRIED_CHARS`]) is carried and screened again in front of the next final segment,
@@ -28,7 +39,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::alert::{Alert, AlertIds, AlertStatus, Summary};
-use crate::callers::CallerHistory;
+use crate::callers::CallState;
 use crate::config::TenantPolicy;
 use crate::error::ScreenError;
 use crate::pipeline::{Detection, Evidence, Finding, Pipeline, group};
@@ -146,8 +157,8 @@ pub struct Services<'a> {
     pub pipeline: &'a Pipeline,
     /// Alert id source.
     pub ids: &'a AlertIds,
-    /// Repeat-caller history.
-    pub callers: &'a CallerHistory,
+    /// Repeat-caller history and conversation snapshots.
+    pub callers: &'a dyn CallState,
 }
 
 /// What one segment produced.
@@ -161,11 +172,49 @@ pub struct SegmentOutcome {
     pub updates: Vec<Arc<Alert>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct CategoryState {
     alert_id: String,
+    #[serde(with = "severity_code")]
     severity: Severity,
     at_ms: u64,
+}
+
+/// A severity in a snapshot, by its policy code.
+mod severity_code {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::policy::Severity;
+
+    pub(super) fn serialize<S: Serializer>(severity: &Severity, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(severity.code())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Severity, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+/// What a conversation carries to another node; see the module docs. Categories and
+/// severities are stored by their policy codes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConversationSnapshot {
+    /// The tenant.
+    pub tenant_id: String,
+    /// The conversation.
+    pub conversation_id: String,
+    last_seq: Option<u64>,
+    segments: u64,
+    first_start_ms: Option<u64>,
+    last_end_ms: u64,
+    carried: String,
+    transcript_chars: usize,
+    seen_evidence: Vec<(String, String, String)>,
+    categories: Vec<(String, CategoryState)>,
+    family_counts: Vec<(String, u32, usize)>,
+    risk: f64,
+    confirmed_ids: Vec<String>,
+    peak: Option<String>,
 }
 
 /// The state of one open conversation.
@@ -203,7 +252,7 @@ fn risk_weight(severity: Severity) -> f64 {
 
 impl Conversation {
     /// Opens a conversation under `policy` and registers the contact with the caller history.
-    pub fn open(info: ConversationInfo, policy: TenantPolicy, callers: &CallerHistory) -> Self {
+    pub fn open(info: ConversationInfo, policy: TenantPolicy, callers: &dyn CallState) -> Self {
         if !info.customer_id.is_empty() {
             callers.open(
                 &info.tenant_id,
@@ -230,6 +279,83 @@ impl Conversation {
             confirmed_ids: Vec::new(),
             peak: None,
         }
+    }
+
+    /// What another node needs to continue this conversation.
+    pub fn snapshot(&self) -> ConversationSnapshot {
+        ConversationSnapshot {
+            tenant_id: self.info.tenant_id.clone(),
+            conversation_id: self.info.conversation_id.clone(),
+            last_seq: self.last_seq,
+            segments: self.segments,
+            first_start_ms: self.first_start_ms,
+            last_end_ms: self.last_end_ms,
+            carried: self.carried.clone(),
+            transcript_chars: self.transcript_chars,
+            seen_evidence: self
+                .seen_evidence
+                .iter()
+                .map(|(c, entry, normalized)| {
+                    (c.code().to_owned(), entry.clone(), normalized.clone())
+                })
+                .collect(),
+            categories: self
+                .categories
+                .iter()
+                .map(|(c, state)| (c.code().to_owned(), state.clone()))
+                .collect(),
+            family_counts: self
+                .family_counts
+                .iter()
+                .map(|(family, &(count, end))| (family.clone(), count, end))
+                .collect(),
+            risk: self.risk,
+            confirmed_ids: self.confirmed_ids.clone(),
+            peak: self.peak.map(|p| p.code().to_owned()),
+        }
+    }
+
+    /// Continues from `snapshot`, saved by another node for this same conversation; a
+    /// snapshot of another conversation, or one naming an unknown code, changes nothing.
+    /// Returns whether it was applied.
+    pub fn restore(&mut self, snapshot: ConversationSnapshot) -> bool {
+        if snapshot.tenant_id != self.info.tenant_id
+            || snapshot.conversation_id != self.info.conversation_id
+        {
+            return false;
+        }
+        let category = |code: &str| code.parse::<Category>().ok();
+        let seen: Option<HashSet<_>> = snapshot
+            .seen_evidence
+            .into_iter()
+            .map(|(c, entry, normalized)| Some((category(&c)?, entry, normalized)))
+            .collect();
+        let categories: Option<BTreeMap<_, _>> = snapshot
+            .categories
+            .into_iter()
+            .map(|(c, state)| Some((category(&c)?, state)))
+            .collect();
+        let peak = match snapshot.peak {
+            None => Some(None),
+            Some(code) => code.parse::<Severity>().ok().map(Some),
+        };
+        let (Some(seen), Some(categories), Some(peak)) = (seen, categories, peak) else {
+            return false;
+        };
+        self.last_seq = snapshot.last_seq;
+        self.segments = snapshot.segments;
+        self.first_start_ms = snapshot.first_start_ms;
+        self.last_end_ms = snapshot.last_end_ms;
+        self.carried = snapshot.carried.chars().take(MAX_CARRIED_CHARS).collect();
+        self.transcript_chars = snapshot.transcript_chars;
+        self.seen_evidence = seen;
+        self.categories = categories;
+        self.family_counts =
+            snapshot.family_counts.into_iter().map(|(f, count, end)| (f, (count, end))).collect();
+        self.risk = snapshot.risk;
+        self.confirmed_ids = snapshot.confirmed_ids;
+        self.peak = peak;
+        true
     }
 
     /// Who the conversation belongs to.
@@ -269,11 +395,16 @@ impl Conversation {
         self.first_start_ms =
             Some(self.first_start_ms.map_or(segment.start_ms, |s| s.min(segment.start_ms)));
         self.last_end_ms = self.last_end_ms.max(segment.end_ms);
-        match (segment.speaker, segment.is_final) {
-            (Speaker::Agent, _) => Ok(SegmentOutcome::default()),
-            (Speaker::Customer, false) => self.screen_interim(services, segment),
-            (Speaker::Customer, true) => self.screen_final(services, segment),
+        let outcome = match (segment.speaker, segment.is_final) {
+            (Speaker::Agent, _) => SegmentOutcome::default(),
+            (Speaker::Customer, false) => self.screen_interim(services, segment)?,
+            (Speaker::Customer, true) => self.screen_final(services, segment)?,
+        };
+        if segment.is_final && services.callers.keeps_snapshots() {
+            // Kept as long as the conversation could stay open without a message.
+            services.callers.save_snapshot(&self.snapshot(), self.policy.idle_timeout);
         }
+        Ok(outcome)
     }
 
     /// Screens `text` with offsets into the transcript: once alone, and once behind the
@@ -435,7 +566,7 @@ impl Conversation {
     /// ASR cut the segments.
     fn conduct_over_time(
         &mut self,
-        callers: &CallerHistory,
+        callers: &dyn CallState,
         findings: &[Finding],
         end_ms: u64,
     ) -> Vec<Finding> {
@@ -601,6 +732,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::callers::CallerHistory;
     use crate::dictionary::Lexicon;
     use crate::pipeline::matcher::Matcher;
     use crate::pipeline::segment::JapaneseSegmenter;
@@ -814,6 +946,37 @@ track.visit\tPERSISTENCE\tLOW\tsame-day-visit\t今日来て|今日中に来て\t
             "help: three requests are not harassment"
         );
         assert_eq!(raised[3], vec![Category::Persistence]);
+    }
+
+    /// A conversation restored from a snapshot (through JSON, as Redis stores it) continues
+    /// exactly as the original: the fourth demand is PERSISTENCE on the "other node" too, a
+    /// repeated seq is refused, and the same words do not alert again.
+    #[test]
+    fn snapshot_continues_on_another_node() {
+        let h = Harness::new();
+        let mut original = h.open("", "c");
+        let lines = ["今日来てもらえませんか", "今日中に来てほしい", "だから今日来てって"];
+        for (i, line) in lines.iter().enumerate() {
+            original
+                .screen(h.services(), &final_seg(i as u64 + 1, line, i as u64 * 10_000))
+                .expect("screen");
+        }
+        original.screen(h.services(), &final_seg(4, "土下座しろ", 30_000)).expect("screen");
+        let json = serde_json::to_string(&original.snapshot()).expect("snapshot serialises");
+        let other = Harness::new();
+        let mut moved = other.open("", "c");
+        assert!(moved.restore(serde_json::from_str(&json).expect("snapshot parses")));
+        assert_eq!(moved.snapshot(), original.snapshot(), "help: nothing lost on the way");
+        assert!(moved.screen(other.services(), &final_seg(4, "はい", 40_000)).is_err());
+        let next = final_seg(5, "今日来てくださいって土下座しろ", 40_000);
+        let want = original.screen(h.services(), &next).expect("original");
+        let got = moved.screen(other.services(), &next).expect("moved");
+        let categories =
+            |o: &SegmentOutcome| o.alerts.iter().map(|a| a.category).collect::<Vec<_>>();
+        assert_eq!(categories(&got), vec![Category::Persistence]);
+        assert_eq!(categories(&got), categories(&want));
+        let mut stranger = other.open("", "d");
+        assert!(!stranger.restore(original.snapshot()), "help: another conversation's snapshot");
     }
 
     /// Past the time limit, pressing the same demand again is RESTRAINT.

@@ -4,10 +4,12 @@
 //!
 //! Every call goes through [`Link::call`], which bounds it with the configured timeout and
 //! drops the connection on any failure so the next call reconnects: a Redis that is down or
-//! slow costs a caller one timeout, never a hang. Each task that talks to Redis owns its own
-//! [`Link`]; the blocking `XREAD` of the reader must not share a connection with anything
-//! else, because Redis answers a connection's commands in order.
+//! slow costs a caller one timeout, never a hang. A [`Link`] is one multiplexed connection;
+//! callers share it by `&`, and the lock around it is held only to clone or clear the handle,
+//! never across the call. The blocking `XREAD` of the bus reader gets a link of its own,
+//! because Redis answers one connection's commands in order.
 
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -46,18 +48,23 @@ impl RedisTarget {
 
     /// A link with no connection yet; it connects on first use.
     pub fn link(&self) -> Link {
-        Link { target: self.clone(), connection: None }
+        Link { target: self.clone(), connection: Arc::new(Mutex::new(None)) }
     }
 }
 
-/// One task's connection to Redis, reconnected on demand.
-#[derive(Debug)]
+/// A connection to Redis, reconnected on demand; see the module docs.
+#[derive(Debug, Clone)]
 pub struct Link {
     target: RedisTarget,
-    connection: Option<MultiplexedConnection>,
+    connection: Arc<Mutex<Option<MultiplexedConnection>>>,
 }
 
 impl Link {
+    fn lock(&self) -> MutexGuard<'_, Option<MultiplexedConnection>> {
+        // The slot holds a handle or nothing; either is a consistent state after a panic.
+        self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The timeout every call is bounded by.
     pub fn timeout(&self) -> Duration {
         self.target.timeout
@@ -70,13 +77,14 @@ impl Link {
     /// A timeout, a connection failure or an error reply; the connection is dropped so the
     /// next call starts afresh.
     pub async fn call<T: FromRedisValue>(
-        &mut self,
+        &self,
         cmd: &impl Query,
         extra: Duration,
     ) -> Result<T, RedisCallError> {
         let bound = self.target.timeout + extra;
         let result = tokio::time::timeout(bound, async {
-            let mut connection = match self.connection.take() {
+            let cached = self.lock().clone();
+            let mut connection = match cached {
                 Some(connection) => connection,
                 None => {
                     let config = AsyncConnectionConfig::new()
@@ -86,7 +94,7 @@ impl Link {
                 }
             };
             let reply = cmd.run(&mut connection).await;
-            self.connection = Some(connection);
+            *self.lock() = Some(connection);
             reply
         })
         .await;
@@ -95,7 +103,7 @@ impl Link {
             Ok(Err(error)) => RedisCallError::Redis(error),
             Err(_) => RedisCallError::Timeout(bound),
         };
-        self.connection = None;
+        *self.lock() = None;
         Err(result)
     }
 }

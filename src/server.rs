@@ -21,7 +21,8 @@ use tokio_util::task::TaskTracker;
 use crate::alert::ack::AckLedger;
 use crate::alert::redis_bus::{RedisBus, RedisBusConfig};
 use crate::alert::{AlertHub, AlertIds};
-use crate::callers::CallerHistory;
+use crate::callers::redis::RedisCallState;
+use crate::callers::{CallState, CallerHistory};
 use crate::config::{Config, PolicySet};
 use crate::dictionary::{DictionaryError, Lexicon};
 use crate::grpc::alerts::Alerts;
@@ -46,8 +47,9 @@ pub struct Shared {
     pub heartbeat_interval: std::time::Duration,
     /// Alert id source.
     pub alert_ids: AlertIds,
-    /// Repeat-caller history across conversations.
-    pub callers: CallerHistory,
+    /// Repeat-caller history across conversations, and conversation snapshots: in memory,
+    /// or shared through Redis.
+    pub callers: Box<dyn CallState>,
     /// Per-tenant policy.
     pub policy: PolicySet,
     /// Open conversations, for the admission limits.
@@ -190,12 +192,20 @@ pub async fn run_with_console(
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
     let hub = alert_hub(&config, &tasks, &token).await?;
+    let callers: Box<dyn CallState> = match &config.redis {
+        None => Box::new(CallerHistory::default()),
+        Some(redis) => Box::new(RedisCallState::start(
+            &RedisTarget::new(&redis.url, redis.timeout)?,
+            &tasks,
+            token.clone(),
+        )),
+    };
     let shared = Arc::new(Shared {
         pipelines,
         hub,
         heartbeat_interval: config.heartbeat_interval,
         alert_ids: AlertIds::default(),
-        callers: CallerHistory::default(),
+        callers,
         policy: config.policy.clone(),
         live: crate::limits::LiveConversations::new(config.limits),
         shutdown: token.clone(),

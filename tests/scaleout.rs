@@ -162,3 +162,108 @@ async fn redis_restart_loses_and_duplicates_no_alert() {
     }
     assert_eq!(replayed, raised, "help: the stream holds each alert once");
 }
+
+/// Sends the segments `(seq, text)` of conversation `id` (for `customer`) on `node` and
+/// returns the categories alerted per verdict; with `end` false the stream is left open
+/// (returned) as a platform would while the call goes on.
+async fn call(
+    node: &NodeProcess,
+    id: &str,
+    customer: &str,
+    segments: &[(u64, &str)],
+) -> (Vec<Vec<i32>>, tokio::sync::mpsc::Sender<pb::ScreenRequest>, Streaming<pb::ScreenResponse>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let start = pb::ConversationStart {
+        conversation_id: id.into(),
+        tenant_id: TENANT.into(),
+        customer_id: customer.into(),
+        queue: "billing".into(),
+        ..Default::default()
+    };
+    tx.send(pb::ScreenRequest { kind: Some(Kind::Start(start)) }).await.expect("queue start");
+    let mut responses = node
+        .screening()
+        .await
+        .screen(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("screen")
+        .into_inner();
+    let mut verdicts = Vec::new();
+    for &(seq, text) in segments {
+        let segment = pb::Segment {
+            seq,
+            speaker: pb::Speaker::Customer.into(),
+            text: text.into(),
+            is_final: true,
+            start_ms: seq * 10_000,
+            end_ms: seq * 10_000 + 5_000,
+        };
+        tx.send(pb::ScreenRequest { kind: Some(Kind::Segment(segment)) }).await.expect("queue");
+        loop {
+            let response = tokio::time::timeout(PATIENCE, responses.next())
+                .await
+                .expect("a verdict within the patience bound")
+                .expect("stream open")
+                .expect("response, not an error");
+            if let Some(pb::screen_response::Kind::Verdict(v)) = response.kind {
+                verdicts.push(v.alerts.iter().map(|a| a.category).collect());
+                break;
+            }
+        }
+    }
+    (verdicts, tx, responses)
+}
+
+/// A customer's contacts are counted across nodes: an alerted demand on A, a quiet call on
+/// B, and the third contact (on B) repeating the demand is PERSISTENCE.
+#[tokio::test]
+async fn repeat_caller_is_counted_across_nodes() {
+    let redis = RedisProcess::start().await;
+    let url = redis.url();
+    let (a, b) = tokio::join!(NodeProcess::start(&url), NodeProcess::start(&url));
+    let dogeza = pb::Category::Dogeza as i32;
+    let persistence = pb::Category::Persistence as i32;
+    let (first, ..) = call(&a, "contact-1", "cust-9", &[(1, "土下座しろ")]).await;
+    assert_eq!(first, vec![vec![dogeza]]);
+    let (second, ..) = call(&b, "contact-2", "cust-9", &[(1, "こんにちは")]).await;
+    assert_eq!(second, vec![Vec::<i32>::new()]);
+    let (third, ..) = call(&b, "contact-3", "cust-9", &[(1, "土下座しろよ")]).await;
+    assert!(third[0].contains(&persistence), "help: B must know of A's alerted contact: {third:?}");
+    // Counted per customer: another customer's first contact with the same words is not.
+    let (lone, ..) = call(&a, "contact-x", "cust-other", &[(1, "土下座しろよ")]).await;
+    assert!(!lone[0].contains(&persistence), "help: a first contact is not persistence");
+}
+
+/// Node A is killed mid-call; the platform starts the same conversation on node B, which
+/// continues from A's snapshot: the fourth demand is PERSISTENCE, and B's supervisor gets it.
+#[tokio::test]
+async fn conversation_continues_on_another_node_after_a_node_kill() {
+    let redis = RedisProcess::start().await;
+    let url = redis.url();
+    let (mut a, b) = tokio::join!(NodeProcess::start(&url), NodeProcess::start(&url));
+    let mut on_b = subscribe(&b, "").await;
+    let demands =
+        [(1, "今日来てもらえませんか"), (2, "今日中に来てほしい"), (3, "だから今日来てって")];
+    let (verdicts, _open, _responses) = call(&a, "moving", "", &demands).await;
+    assert!(verdicts.iter().all(Vec::is_empty), "help: three requests are not harassment");
+    // Snapshots are written behind; wait until A's last one is in Redis before the crash, as
+    // the test is about continuing, not about the last milliseconds before a crash.
+    let client = redis::Client::open(url.as_str()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect redis");
+    let key = format!("kg:conv:{{{TENANT}/moving}}");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let json: Option<String> =
+            redis::cmd("GET").arg(&key).query_async(&mut conn).await.expect("GET");
+        if json.is_some_and(|j| j.contains("\"last_seq\":3")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "help: A never saved its snapshot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.kill();
+    let (after, ..) = call(&b, "moving", "", &[(4, "今日来てくださいって")]).await;
+    assert_eq!(after, vec![vec![pb::Category::Persistence as i32]], "help: continued on B");
+    let (alert_id, _) = next_alert(&mut on_b).await;
+    assert!(!alert_id.is_empty());
+}

@@ -137,7 +137,16 @@ async fn run_conversation(
                 info.validate()?;
                 let admitted = shared.live.open(&info.tenant_id, &info.conversation_id)?;
                 let policy = shared.policy.for_tenant(&info.tenant_id).clone();
-                (Conversation::open(info, policy, &shared.callers), admitted)
+                // With Redis: what other nodes know of the customer, and this conversation's
+                // snapshot if it was started on another node (at most one Redis timeout).
+                let snapshot = shared.callers.prepare(&info, policy.repeat_window).await;
+                let mut conversation = Conversation::open(info, policy, shared.callers.as_ref());
+                if let Some(snapshot) = snapshot
+                    && conversation.restore(snapshot)
+                {
+                    tracing::debug!("conversation continues from another node's snapshot");
+                }
+                (conversation, admitted)
             }
             Some(_) => {
                 return Err(ScreenError::FailedPrecondition(
@@ -161,7 +170,7 @@ async fn run_conversation(
     let services = Services {
         pipeline: shared.pipelines.for_tenant(&info.tenant_id),
         ids: &shared.alert_ids,
-        callers: &shared.callers,
+        callers: shared.callers.as_ref(),
     };
     async move {
         tracing::debug!("conversation started");
@@ -203,6 +212,11 @@ async fn run_conversation(
             }
         };
         let (summary, retracted) = conversation.finish(reason);
+        if reason == "end" {
+            // Ended for good; a stream that merely closed may continue on another node.
+            let info = conversation.info();
+            shared.callers.drop_snapshot(&info.tenant_id, &info.conversation_id);
+        }
         let last_seq = summary.segments;
         for alert in retracted {
             telemetry::alert_raised(&alert);
