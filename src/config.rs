@@ -990,6 +990,49 @@ mod tests {
         assert_eq!(d.metrics_addr.to_string(), DEFAULT_METRICS_ADDR);
     }
 
+    /// `[redis]` in the file turns scale-out on with its sizes; KASUHARA_REDIS and --redis
+    /// replace the URL and keep the file's sizes; a bad URL or size is named with its line;
+    /// `config check` output reads back the same.
+    #[test]
+    fn redis_settings_layer_and_validate() {
+        let file = TempFile::new(
+            "redis.toml",
+            "[redis]\nurl = \"redis://10.0.0.5:6379\"\ntimeout = \"250ms\"\nbuffer = 50\n",
+        );
+        let flags = Overrides { config: Some(file.0.clone()), ..Overrides::default() };
+        let s = Settings::resolve(&Overrides::default(), &flags).expect("valid");
+        let redis = s.server.redis.clone().expect("on");
+        assert_eq!(redis.url, "redis://10.0.0.5:6379");
+        assert_eq!((redis.timeout, redis.buffer), (Duration::from_millis(250), 50));
+        assert_eq!(redis.stream_maxlen, DEFAULT_REDIS_STREAM_MAXLEN);
+        let again = TempFile::new("redis-again.toml", &s.to_toml());
+        let flags_again = Overrides { config: Some(again.0.clone()), ..Overrides::default() };
+        let reread = Settings::resolve(&Overrides::default(), &flags_again).expect("reads back");
+        assert_eq!(reread.server.redis, s.server.redis);
+
+        let from_env = env(&[("KASUHARA_REDIS", "redis://127.0.0.1:7000")]);
+        let s = Settings::resolve(&from_env, &flags).expect("valid");
+        let redis = s.server.redis.expect("on");
+        assert_eq!((redis.url.as_str(), redis.buffer), ("redis://127.0.0.1:7000", 50));
+        assert!(
+            Settings::resolve(&Overrides::default(), &Overrides::default())
+                .expect("defaults")
+                .server
+                .redis
+                .is_none()
+        );
+
+        let bad = Overrides::from_env(|n| (n == "KASUHARA_REDIS").then(|| "http://x".to_owned()));
+        assert!(format!("{:?}", bad.err()).contains("KASUHARA_REDIS"));
+        let bad_file =
+            TempFile::new("redis-bad.toml", "[redis]\nurl = \"localhost\"\nbuffer = 0\n");
+        let flags = Overrides { config: Some(bad_file.0.clone()), ..Overrides::default() };
+        let message =
+            Settings::resolve(&Overrides::default(), &flags).expect_err("bad").to_string();
+        let all = format!("{message} {:?}", Settings::resolve(&Overrides::default(), &flags).err());
+        assert!(all.contains("redis.url") && all.contains("redis.buffer"), "help: {all}");
+    }
+
     /// Each layer overrides the one before: defaults < file < KASUHARA_* < flags.
     #[test]
     fn precedence_file_env_flag() {
