@@ -6,6 +6,9 @@ mod adversarial;
 mod alerts;
 /// docs/api.md, generated from the .proto comments, is current.
 mod api_doc;
+/// TLS and mutual TLS, bearer tokens, the exposure rule, `token new`, subscriber and
+/// message-size limits.
+mod auth;
 /// The supervisor console over HTTP, and end to end in a headless Chromium.
 mod console;
 /// Streaming conversations in and reading verdicts; ScreenText; bad input.
