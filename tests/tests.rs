@@ -13,6 +13,8 @@ mod auth;
 mod console;
 /// Streaming conversations in and reading verdicts; ScreenText; bad input.
 mod ingest;
+/// Tenant isolation: every role of tenant A against every RPC and console endpoint of B.
+mod isolation;
 /// Admission limits: duplicate live ids, open conversations, segment floods.
 mod limits;
 /// The load generator against a real server: counts and report shape, not speed.
