@@ -551,6 +551,15 @@ mod tests {
         assert!(TokenStore::parse(&twice).expect_err("dup").contains("twice"));
     }
 
+    /// The shipped sample tokens file parses, and its entries accept no token we know.
+    #[test]
+    fn example_tokens_file_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tokens.toml");
+        let store = TokenStore::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.len(), 3);
+        assert!(store.find("").is_none() && store.find("kg_").is_none());
+    }
+
     /// Auth off needs loopback listeners; auth on allows any.
     #[test]
     fn exposure() {

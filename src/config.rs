@@ -1152,6 +1152,35 @@ mod tests {
         assert_eq!(again, Settings { file: Some(printed.0.clone()), ..s });
     }
 
+    /// The exposed sample turns authentication on from its tokens file, reads back the same
+    /// through `config check`'s output, and a bad [auth], [tls] or [limits] value is named.
+    #[test]
+    fn auth_tls_and_limits_keys() {
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kasuhara-guard-exposed.toml");
+        let flags = Overrides { config: Some(example), ..Overrides::default() };
+        let s = Settings::resolve(&Overrides::default(), &flags).unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.server.access.is_on(), "help: [auth] tokens_file turns authentication on");
+        assert!(!s.addr.ip().is_loopback());
+        assert_eq!(s.server.limits.max_message_bytes, 65536);
+        let printed = TempFile::new("printed-exposed.toml", &s.to_toml());
+        let flags = Overrides { config: Some(printed.0.clone()), ..Overrides::default() };
+        let again =
+            Settings::resolve(&Overrides::default(), &flags).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again.server, s.server, "help: printed [auth] and [limits] read back");
+
+        let bad = TempFile::new(
+            "bad-auth.toml",
+            "[limits]\nmax_subscribers_per_tenant = 0\n[auth]\ntokens_file = \"/nonexistent/t\"\n\
+             [tls]\ncert = \"/nonexistent/c\"\nkey = \"/nonexistent/k\"\n",
+        );
+        let flags = Overrides { config: Some(bad.0.clone()), ..Overrides::default() };
+        let err = Settings::resolve(&Overrides::default(), &flags).expect_err("bad").to_string();
+        for key in ["limits.max_subscribers_per_tenant", "auth.tokens_file", "tls.cert"] {
+            assert!(err.contains(key), "help: {key} is named: {err}");
+        }
+    }
+
     /// A tenant's lexicon overlay resolves against the policy file's directory and does not
     /// leak into other tenants.
     #[test]
