@@ -119,6 +119,16 @@ async fn exposed_listener_without_auth_does_not_start() {
         panic!("help: expected a start-up refusal, got {result:?}");
     };
     assert!(error.to_string().contains("tokens_file"), "help: {error}");
+
+    // The real binary: the same refusal, as a configuration error (exit 64).
+    let out = Command::new(env!("CARGO_BIN_EXE_kasuhara-guard"))
+        .args(["serve", "--addr", "0.0.0.0:0", "--metrics-addr", "off"])
+        .env("KASUHARA_LEXICON_DIR", concat!(env!("CARGO_MANIFEST_DIR"), "/dictionaries"))
+        .output()
+        .expect("run kasuhara-guard");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "help: {stderr}");
+    assert!(stderr.contains("[auth] tokens_file"), "help: the error names the fix: {stderr}");
 }
 
 /// `token new` prints a token and an entry that, appended to a tokens file, accepts it.

@@ -373,8 +373,14 @@ async fn serve(
     let served =
         server::run_with_console(listener, console, settings.server, shutdown::signal()).await;
     stop_metrics.cancel();
-    served?;
-    Ok(ExitCode::SUCCESS)
+    match served {
+        // Exposure without authentication is a configuration problem, reported like one.
+        Err(server::ServerError::Exposed(error)) => {
+            eprintln!("error: {error}");
+            Ok(ExitCode::from(EXIT_CONFIG))
+        }
+        served => served.map(|()| ExitCode::SUCCESS).map_err(Into::into),
+    }
 }
 
 /// `config check`: the settings resolved (errors already reported by `main`), the lexicon
