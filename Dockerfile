@@ -28,7 +28,8 @@ USER 10001
 WORKDIR /opt/kasuhara-guard
 # Listen on every interface inside the container; the orchestrator decides what reaches it.
 # Mount a config file and set KASUHARA_CONFIG to change anything else (flags and KASUHARA_*
-# variables still override it).
+# variables still override it). That file must name a tokens file ([auth] tokens_file, see
+# docs/security.md): off loopback the server refuses to start without authentication.
 ENV KASUHARA_ADDR=0.0.0.0:50051 \
     KASUHARA_METRICS_ADDR=0.0.0.0:9464 \
     KASUHARA_LEXICON_DIR=/opt/kasuhara-guard/dictionaries \

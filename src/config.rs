@@ -103,6 +103,10 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Shared alert bus and call state on Redis; `None` runs one node in memory.
     pub redis: Option<RedisSettings>,
+    /// Who may call: bearer tokens, or off (loopback only).
+    pub access: crate::auth::Access,
+    /// TLS for the gRPC listener (plain text when absent).
+    pub tls: Option<crate::auth::TlsPem>,
 }
 
 impl Default for Config {
@@ -115,6 +119,8 @@ impl Default for Config {
             limits: crate::limits::Limits::default(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             redis: None,
+            access: crate::auth::Access::off(),
+            tls: None,
         }
     }
 }
@@ -293,6 +299,10 @@ pub struct Settings {
     pub otlp_endpoint: Option<String>,
     /// The policy file the tenant policy came from, if not the config file itself.
     pub policy_file: Option<PathBuf>,
+    /// The tokens file `server.access` was loaded from (`[auth] tokens_file`).
+    pub tokens_file: Option<PathBuf>,
+    /// The PEM files `server.tls` was read from (`[tls]`).
+    pub tls_files: Option<TlsFiles>,
     /// What the server itself needs.
     pub server: Config,
 }
@@ -308,8 +318,39 @@ impl Default for Settings {
             log_filter: DEFAULT_LOG_FILTER.to_owned(),
             otlp_endpoint: None,
             policy_file: None,
+            tokens_file: None,
+            tls_files: None,
             server: Config::default(),
         }
+    }
+}
+
+/// Where the TLS identity comes from (`[tls]` in the config file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA for client certificates; when set, clients must present one (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Reads the PEM files.
+    ///
+    /// # Errors
+    /// A file that cannot be read, named with its key.
+    pub fn read(&self) -> Result<crate::auth::TlsPem, String> {
+        let read = |key: &str, path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| format!("tls.{key}: cannot read {}: {e}", path.display()))
+        };
+        Ok(crate::auth::TlsPem {
+            cert: read("cert", &self.cert)?,
+            key: read("key", &self.key)?,
+            client_ca: self.client_ca.as_deref().map(|p| read("client_ca", p)).transpose()?,
+        })
     }
 }
 
@@ -448,6 +489,9 @@ struct ConfigFile {
     #[serde(default)]
     log: LogSection,
     redis: Option<RedisSection>,
+    #[serde(default)]
+    auth: AuthSection,
+    tls: Option<TlsSection>,
     policy: Option<PolicyFile>,
 }
 
@@ -462,6 +506,20 @@ struct RedisSection {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct AuthSection {
+    tokens_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsSection {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ServerSection {
     addr: Option<Spanned<String>>,
     metrics_addr: Option<Spanned<String>>,
@@ -472,6 +530,11 @@ struct ServerSection {
 #[serde(deny_unknown_fields)]
 struct LimitsSection {
     alert_buffer: Option<Spanned<usize>>,
+    max_open_conversations: Option<Spanned<usize>>,
+    max_open_per_tenant: Option<Spanned<usize>>,
+    max_segments_per_second: Option<Spanned<usize>>,
+    max_subscribers_per_tenant: Option<Spanned<usize>>,
+    max_message_bytes: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -548,8 +611,61 @@ impl Settings {
                 n => self.server.alert_buffer = n,
             }
         }
+        let limits = &mut self.server.limits;
+        let mut max_segments = limits.max_segments_per_second as usize;
+        for (key, value, slot) in [
+            (
+                "max_open_conversations",
+                &file.limits.max_open_conversations,
+                &mut limits.max_open_conversations,
+            ),
+            (
+                "max_open_per_tenant",
+                &file.limits.max_open_per_tenant,
+                &mut limits.max_open_per_tenant,
+            ),
+            ("max_segments_per_second", &file.limits.max_segments_per_second, &mut max_segments),
+            (
+                "max_subscribers_per_tenant",
+                &file.limits.max_subscribers_per_tenant,
+                &mut limits.max_subscribers_per_tenant,
+            ),
+            ("max_message_bytes", &file.limits.max_message_bytes, &mut limits.max_message_bytes),
+        ] {
+            if let Some(v) = value {
+                match *v.get_ref() {
+                    0 => errors
+                        .push(format!("{}limits.{key}: must be at least 1", source.at(v.span()))),
+                    n if key == "max_segments_per_second" && n > u32::MAX as usize => {
+                        errors.push(format!(
+                            "{}limits.{key}: must be at most {}",
+                            source.at(v.span()),
+                            u32::MAX
+                        ))
+                    }
+                    n => *slot = n,
+                }
+            }
+        }
+        // Checked against u32::MAX just above.
+        limits.max_segments_per_second = u32::try_from(max_segments).unwrap_or(u32::MAX);
         if let Some(dir) = file.lexicon.dir {
             self.server.lexicon_dir = dir;
+        }
+        if let Some(tokens) = file.auth.tokens_file {
+            match crate::auth::TokenStore::load(&tokens) {
+                Ok(store) => self.server.access = crate::auth::Access::tokens(store),
+                Err(e) => errors.push(format!("auth.tokens_file: {e}")),
+            }
+            self.tokens_file = Some(tokens);
+        }
+        if let Some(tls) = file.tls {
+            let files = TlsFiles { cert: tls.cert, key: tls.key, client_ca: tls.client_ca };
+            match files.read() {
+                Ok(pem) => self.server.tls = Some(pem),
+                Err(e) => errors.push(e),
+            }
+            self.tls_files = Some(files);
         }
         self.log_format = file.log.format.unwrap_or(self.log_format);
         self.log_filter = file.log.filter.unwrap_or(self.log_filter.clone());
@@ -621,7 +737,26 @@ impl Settings {
         let _ = writeln!(out, "metrics_addr = {}", q(&self.metrics_addr.to_string()));
         let _ =
             writeln!(out, "shutdown_grace = {}\n", q(&format_duration(self.server.shutdown_grace)));
-        let _ = writeln!(out, "[limits]\nalert_buffer = {}\n", self.server.alert_buffer);
+        let _ = writeln!(out, "[limits]\nalert_buffer = {}", self.server.alert_buffer);
+        let limits = &self.server.limits;
+        let _ = writeln!(out, "max_open_conversations = {}", limits.max_open_conversations);
+        let _ = writeln!(out, "max_open_per_tenant = {}", limits.max_open_per_tenant);
+        let _ = writeln!(out, "max_segments_per_second = {}", limits.max_segments_per_second);
+        let _ = writeln!(out, "max_subscribers_per_tenant = {}", limits.max_subscribers_per_tenant);
+        let _ = writeln!(out, "max_message_bytes = {}\n", limits.max_message_bytes);
+        let path = |p: &Path| {
+            q(&std::path::absolute(p).unwrap_or_else(|_| p.to_owned()).to_string_lossy())
+        };
+        if let Some(tokens) = &self.tokens_file {
+            let _ = writeln!(out, "[auth]\ntokens_file = {}\n", path(tokens));
+        }
+        if let Some(tls) = &self.tls_files {
+            let _ = writeln!(out, "[tls]\ncert = {}\nkey = {}", path(&tls.cert), path(&tls.key));
+            if let Some(ca) = &tls.client_ca {
+                let _ = writeln!(out, "client_ca = {}", path(ca));
+            }
+            let _ = writeln!(out);
+        }
         let _ =
             writeln!(out, "[lexicon]\ndir = {}\n", q(&self.server.lexicon_dir.to_string_lossy()));
         let format = match self.log_format {
@@ -1164,6 +1299,35 @@ mod tests {
         let again =
             Settings::resolve(&Overrides::default(), &flags).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(again, Settings { file: Some(printed.0.clone()), ..s });
+    }
+
+    /// The exposed sample turns authentication on from its tokens file, reads back the same
+    /// through `config check`'s output, and a bad [auth], [tls] or [limits] value is named.
+    #[test]
+    fn auth_tls_and_limits_keys() {
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kasuhara-guard-exposed.toml");
+        let flags = Overrides { config: Some(example), ..Overrides::default() };
+        let s = Settings::resolve(&Overrides::default(), &flags).unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.server.access.is_on(), "help: [auth] tokens_file turns authentication on");
+        assert!(!s.addr.ip().is_loopback());
+        assert_eq!(s.server.limits.max_message_bytes, 65536);
+        let printed = TempFile::new("printed-exposed.toml", &s.to_toml());
+        let flags = Overrides { config: Some(printed.0.clone()), ..Overrides::default() };
+        let again =
+            Settings::resolve(&Overrides::default(), &flags).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again.server, s.server, "help: printed [auth] and [limits] read back");
+
+        let bad = TempFile::new(
+            "bad-auth.toml",
+            "[limits]\nmax_subscribers_per_tenant = 0\n[auth]\ntokens_file = \"/nonexistent/t\"\n\
+             [tls]\ncert = \"/nonexistent/c\"\nkey = \"/nonexistent/k\"\n",
+        );
+        let flags = Overrides { config: Some(bad.0.clone()), ..Overrides::default() };
+        let err = Settings::resolve(&Overrides::default(), &flags).expect_err("bad").to_string();
+        for key in ["limits.max_subscribers_per_tenant", "auth.tokens_file", "tls.cert"] {
+            assert!(err.contains(key), "help: {key} is named: {err}");
+        }
     }
 
     /// A tenant's lexicon overlay resolves against the policy file's directory and does not

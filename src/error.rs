@@ -39,6 +39,12 @@ pub enum ScreenError {
     /// The request names something the server does not have (an unknown alert id).
     #[error("{0}")]
     NotFound(&'static str),
+    /// The request carries no valid bearer token.
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// The token is valid but may not do this (wrong role or tenant).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The server is shutting down.
     #[error("server is shutting down")]
     Unavailable,
@@ -72,6 +78,8 @@ impl From<ScreenError> for Status {
             }
             ScreenError::FailedPrecondition(message) => Status::failed_precondition(message),
             ScreenError::NotFound(message) => Status::not_found(message),
+            ScreenError::Unauthenticated(message) => Status::unauthenticated(message),
+            ScreenError::PermissionDenied(message) => Status::permission_denied(message),
             ScreenError::Unavailable => Status::unavailable("server is shutting down"),
             ScreenError::Internal(detail) => {
                 tracing::error!(%detail, "internal screening error");

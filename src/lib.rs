@@ -21,6 +21,7 @@
 //! - [`conversation`]: one conversation's state and limits; [`limits`]: admission limits.
 //! - [`alert`]: alerts, ids, filters, the hub, its resumable bus and acknowledgement ledger.
 //! - [`console`]: the supervisor web page (server-sent events, JSON), on its own port.
+//! - [`auth`]: bearer tokens, roles and tenant scoping, checked first in every handler.
 //! - [`grpc`]: thin tonic services; [`error`]: the one error-to-status mapping.
 //! - [`server`]: wiring, health, reflection and graceful shutdown; [`config`], [`shutdown`].
 //! - [`telemetry`]: logs, traces and Prometheus metrics.
@@ -30,6 +31,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod alert;
+pub mod auth;
 pub mod callers;
 pub mod client;
 pub mod config;

@@ -1,6 +1,7 @@
 //! Admission limits, so that one client or tenant cannot crowd out the others: open
 //! conversations in total and per tenant, one live stream per conversation id, and segments per
-//! second per conversation. Each breach is a precise error (`ALREADY_EXISTS`,
+//! second per conversation, supervisor subscriptions per tenant, and the size of one gRPC
+//! message (enforced by tonic's decoder, see [`Limits::max_message_bytes`]). Each breach is a precise error (`ALREADY_EXISTS`,
 //! `RESOURCE_EXHAUSTED`) for that stream alone; nothing else is disturbed.
 
 use std::collections::{HashMap, HashSet};
@@ -20,6 +21,11 @@ pub struct Limits {
     /// Segments (interim and final) one conversation may send per second, sustained; the same
     /// number may arrive at once as a burst.
     pub max_segments_per_second: u32,
+    /// Open alert subscriptions (gRPC `Subscribe` and console event streams) of one tenant.
+    pub max_subscribers_per_tenant: usize,
+    /// The largest gRPC message the server decodes; tonic refuses a bigger one with
+    /// RESOURCE_EXHAUSTED before allocating for it.
+    pub max_message_bytes: usize,
 }
 
 impl Default for Limits {
@@ -30,6 +36,13 @@ impl Default for Limits {
             max_open_conversations: 50_000,
             max_open_per_tenant: 20_000,
             max_segments_per_second: 50,
+            // A floor's supervisors, wallboards and a few integrations; each subscription
+            // holds a task and a bus cursor, so a runaway reconnect loop must stop somewhere.
+            max_subscribers_per_tenant: 200,
+            // The largest legal message is a segment of 4 KiB of text plus ids of at most
+            // 128 bytes each; 64 KiB leaves room for new fields and refuses a megabyte before
+            // it is decoded (tonic's own default is 4 MiB).
+            max_message_bytes: 64 * 1024,
         }
     }
 }
@@ -132,6 +145,60 @@ impl Drop for LiveGuard {
     }
 }
 
+/// Open alert subscriptions by tenant.
+#[derive(Debug)]
+pub struct SubscriberSlots {
+    max_per_tenant: usize,
+    open: Mutex<HashMap<String, usize>>,
+}
+
+impl SubscriberSlots {
+    /// No subscription open yet.
+    pub fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(Self { max_per_tenant: limits.max_subscribers_per_tenant, open: Mutex::default() })
+    }
+
+    /// Takes a slot for one of `tenant_id`'s subscriptions until the guard is dropped.
+    ///
+    /// # Errors
+    /// `ResourceExhausted` on `tenant_id` when the tenant has its maximum open.
+    pub fn open(self: &Arc<Self>, tenant_id: &str) -> Result<SubscriberSlot, ScreenError> {
+        // The lock guards a counter map and is never held across an await.
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(tenant_id.to_owned()).or_default();
+        if *count >= self.max_per_tenant {
+            return Err(ScreenError::ResourceExhausted {
+                field: "tenant_id",
+                description: format!(
+                    "the tenant has {} open alert subscriptions, its limit",
+                    self.max_per_tenant
+                ),
+            });
+        }
+        *count += 1;
+        Ok(SubscriberSlot { slots: Arc::clone(self), tenant_id: tenant_id.to_owned() })
+    }
+}
+
+/// One open subscription's slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct SubscriberSlot {
+    slots: Arc<SubscriberSlots>,
+    tenant_id: String,
+}
+
+impl Drop for SubscriberSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.tenant_id) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.tenant_id);
+            }
+        }
+    }
+}
+
 /// A token bucket over tokio's clock (so tests can pause time): `per_second` tokens a second,
 /// at most `per_second` saved up.
 #[derive(Debug)]
@@ -181,7 +248,21 @@ mod tests {
             max_open_conversations: total,
             max_open_per_tenant: per_tenant,
             max_segments_per_second: 5,
+            ..Limits::default()
         }
+    }
+
+    /// The subscriber limit stops only that tenant, and a dropped slot is free again.
+    #[test]
+    fn subscriber_slots_per_tenant() {
+        let slots = SubscriberSlots::new(Limits { max_subscribers_per_tenant: 2, ..limits(1, 1) });
+        let a1 = slots.open("a").expect("a1");
+        let _a2 = slots.open("a").expect("a2");
+        let err = slots.open("a").expect_err("tenant full");
+        assert!(matches!(err, ScreenError::ResourceExhausted { field: "tenant_id", .. }));
+        let _b = slots.open("b").expect("other tenant");
+        drop(a1);
+        slots.open("a").expect("free again");
     }
 
     /// A live id cannot be opened twice; once its guard drops it can.

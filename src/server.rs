@@ -1,5 +1,9 @@
 //! The server: loads the lexicon, wires the gRPC services, serves until shutdown, then drains.
 //!
+//! Before anything is loaded, [`crate::auth::check_exposure`] refuses a non-loopback listener
+//! without authentication. With `[tls]`, the gRPC listener speaks TLS (rustls), with client
+//! certificates required when a client CA is configured.
+//!
 //! `run` takes a bound listener and a shutdown future, so tests bind `127.0.0.1:0`, learn the
 //! port before the server starts, and stop it with a oneshot or token (mini-redis's shape).
 //!
@@ -54,6 +58,11 @@ pub struct Shared {
     pub policy: PolicySet,
     /// Open conversations, for the admission limits.
     pub live: Arc<crate::limits::LiveConversations>,
+    /// Open alert subscriptions per tenant, for their limit.
+    pub subscribers: Arc<crate::limits::SubscriberSlots>,
+    /// Who may call: the console checks its requests against it (gRPC requests are checked
+    /// by the [`AccessInterceptor`](crate::auth::AccessInterceptor) layer).
+    pub access: crate::auth::Access,
     /// Cancelled when the server starts draining.
     pub shutdown: CancellationToken,
     /// Every stream task, so shutdown can wait for them.
@@ -78,6 +87,9 @@ pub enum ServerError {
     /// The reflection service could not read our descriptors (a build problem).
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A listener is exposed beyond loopback with authentication off.
+    #[error(transparent)]
+    Exposed(#[from] crate::auth::ExposureError),
 }
 
 /// Loads the lexicon in `config` and builds the pipelines: the shared one (with the policy's
@@ -188,6 +200,11 @@ pub async fn run_with_console(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let addrs: Vec<_> = std::iter::once(&listener)
+        .chain(console.as_ref())
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    crate::auth::check_exposure(&config.access, &addrs)?;
     let pipelines = load_pipelines(&config)?;
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -208,6 +225,8 @@ pub async fn run_with_console(
         callers,
         policy: config.policy.clone(),
         live: crate::limits::LiveConversations::new(config.limits),
+        subscribers: crate::limits::SubscriberSlots::new(config.limits),
+        access: config.access.clone(),
         shutdown: token.clone(),
         tasks,
     });
@@ -244,11 +263,27 @@ pub async fn run_with_console(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "serving");
     }
-    let serve = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    let max_message = config.limits.max_message_bytes;
+    let serve = builder
+        // Every request is authenticated before it reaches a service; the handlers then check
+        // role and tenant with `auth::authorize`.
+        .layer(tonic::service::InterceptorLayer::new(crate::auth::AccessInterceptor(
+            config.access.clone(),
+        )))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ScreeningServiceServer::new(Screening::new(Arc::clone(&shared))))
-        .add_service(AlertServiceServer::new(Alerts::new(Arc::clone(&shared))))
+        .add_service(
+            ScreeningServiceServer::new(Screening::new(Arc::clone(&shared)))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            AlertServiceServer::new(Alerts::new(Arc::clone(&shared)))
+                .max_decoding_message_size(max_message),
+        )
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             token.clone().cancelled_owned(),

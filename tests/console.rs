@@ -9,7 +9,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_stream::StreamExt;
 
-use crate::util::{shipped_config, start_server_with_console};
+use kasuhara_guard::auth::Role;
+
+use crate::util::{Tokens, bearer, shipped_config, start_server_with_console};
 
 /// Set to 1 to skip the browser test on a machine without Chromium; CI never sets it.
 const SKIP_BROWSER: &str = "KASUHARA_SKIP_BROWSER_TEST";
@@ -170,16 +172,23 @@ async fn open_browser() -> Option<(Driver, Client)> {
 /// End to end in a real headless Chromium: the console shows an alert raised over gRPC live,
 /// with its quote highlighted in context; acknowledging it as a false alarm in the page
 /// reaches a gRPC subscriber and the entry's false-alarm count; the conversation view draws
-/// the risk score; and a screenshot of the page is saved under target/.
+/// the risk score; and a screenshot of the page is saved under target/. Authentication is on:
+/// the page connects only once the supervisor's token is entered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_shows_alert_live_and_acknowledges_it() {
     let Some((_driver, browser)) = open_browser().await else { return };
-    let server = start_server_with_console(shipped_config()).await;
+    let mut config = shipped_config();
+    let tokens = Tokens::install(
+        &mut config,
+        &[("sv", Role::Supervisor, &["floor-1"]), ("ivr", Role::Producer, &["floor-1"])],
+    );
+    let server = start_server_with_console(config).await;
     let console = server.console.expect("console address");
+    let subscribe = pb::SubscribeRequest { tenant_id: "floor-1".into(), ..Default::default() };
     let mut grpc_supervisor = server
         .alerts()
         .await
-        .subscribe(pb::SubscribeRequest { tenant_id: "floor-1".into(), ..Default::default() })
+        .subscribe(bearer(tokens.get("sv"), subscribe))
         .await
         .expect("subscribe")
         .into_inner();
@@ -190,13 +199,26 @@ async fn browser_shows_alert_live_and_acknowledges_it() {
         .expect("open the console");
     let wait = || browser.wait().at_most(PATIENCE);
     wait()
+        .for_element(Locator::Css("#connection[data-state='error']"))
+        .await
+        .expect("without a token the event stream is refused");
+    browser
+        .find(Locator::Css("#token"))
+        .await
+        .expect("token field")
+        .send_keys(tokens.get("sv"))
+        .await
+        .expect("type the token");
+    browser.find(Locator::Css("#apply")).await.expect("apply").click().await.expect("click");
+    wait()
         .for_element(Locator::Css("#connection[data-state='open']"))
         .await
         .expect("the page connects to the event stream");
 
     let mut producer = server.screening().await;
+    let conversation = tokio_stream::iter(abusive_conversation("floor-1", "call-42"));
     let responses: Vec<_> = producer
-        .screen(tokio_stream::iter(abusive_conversation("floor-1", "call-42")))
+        .screen(bearer(tokens.get("ivr"), conversation))
         .await
         .expect("screen")
         .into_inner()

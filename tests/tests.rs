@@ -6,10 +6,15 @@ mod adversarial;
 mod alerts;
 /// docs/api.md, generated from the .proto comments, is current.
 mod api_doc;
+/// TLS and mutual TLS, bearer tokens, the exposure rule, `token new`, subscriber and
+/// message-size limits.
+mod auth;
 /// The supervisor console over HTTP, and end to end in a headless Chromium.
 mod console;
 /// Streaming conversations in and reading verdicts; ScreenText; bad input.
 mod ingest;
+/// Tenant isolation: every role of tenant A against every RPC and console endpoint of B.
+mod isolation;
 /// Admission limits: duplicate live ids, open conversations, segment floods.
 mod limits;
 /// The load generator against a real server: counts and report shape, not speed.

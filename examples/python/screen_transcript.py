@@ -16,6 +16,7 @@ response (verdicts, alert updates and the closing summary) is printed as one JSO
 
 import argparse
 import json
+import os
 import sys
 import uuid
 
@@ -60,11 +61,21 @@ def requests(tenant, conversation_id, segments):
     yield screening_pb2.ScreenRequest(end=screening_pb2.ConversationEnd())
 
 
+def auth_metadata(token):
+    """The bearer-token header (docs/security.md), or none when auth is off (loopback)."""
+    return [("authorization", f"Bearer {token}")] if token else []
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("transcript", help="transcript file, or - for stdin")
     parser.add_argument("--addr", default="127.0.0.1:50051", help="server host:port")
     parser.add_argument("--tenant", default="example", help="tenant id")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("KASUHARA_TOKEN"),
+        help="bearer token when the server has authentication on (env KASUHARA_TOKEN)",
+    )
     parser.add_argument("--conversation-id", default=None, help="default: a random id")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds for the call")
     args = parser.parse_args()
@@ -81,7 +92,9 @@ def main():
         stub = screening_pb2_grpc.ScreeningServiceStub(channel)
         try:
             for response in stub.Screen(
-                requests(args.tenant, conversation_id, segments), timeout=args.timeout
+                requests(args.tenant, conversation_id, segments),
+                timeout=args.timeout,
+                metadata=auth_metadata(args.token),
             ):
                 print(json.dumps(json_format.MessageToDict(response), ensure_ascii=False))
         except grpc.RpcError as error:

@@ -10,6 +10,7 @@ start producing only after it.
 
 import argparse
 import json
+import os
 import sys
 
 import grpc
@@ -18,10 +19,20 @@ from google.protobuf import json_format
 from kasuhara_stubs import alerts_pb2, alerts_pb2_grpc, types_pb2
 
 
+def auth_metadata(token):
+    """The bearer-token header (docs/security.md), or none when auth is off (loopback)."""
+    return [("authorization", f"Bearer {token}")] if token else []
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--addr", default="127.0.0.1:50051", help="server host:port")
     parser.add_argument("--tenant", default="example", help="tenant id")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("KASUHARA_TOKEN"),
+        help="bearer token when the server has authentication on (env KASUHARA_TOKEN)",
+    )
     parser.add_argument(
         "--min-severity", choices=["LOW", "MEDIUM", "HIGH", "CRITICAL"], default=None
     )
@@ -43,7 +54,7 @@ def main():
     summaries = 0
     with grpc.insecure_channel(args.addr) as channel:
         stub = alerts_pb2_grpc.AlertServiceStub(channel)
-        events = stub.Subscribe(request)
+        events = stub.Subscribe(request, metadata=auth_metadata(args.token))
         try:
             # The response headers arrive once the server has registered the subscription.
             events.initial_metadata()

@@ -74,8 +74,9 @@ struct ServeArgs {
     /// memory when absent.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
-    /// Serve the supervisor console (web page) on this address; off when absent. It has no
-    /// authentication of its own: keep it on loopback or behind an authenticating proxy.
+    /// Serve the supervisor console (web page) on this address; off when absent. It takes
+    /// the same supervisor tokens as gRPC; it speaks plain HTTP, so off loopback put it behind
+    /// a TLS-terminating proxy.
     #[arg(long, env = "KASUHARA_CONSOLE_ADDR")]
     console_addr: Option<SocketAddr>,
     /// Silence after which a supervisor stream gets a heartbeat (e.g. 15s).
@@ -140,6 +141,29 @@ enum Command {
     /// Load a server with concurrent conversations and a supervisor; report throughput,
     /// verdict and alert latency, errors, and the server's CPU and RSS.
     Loadgen(LoadgenArgs),
+    /// Bearer tokens for the tokens file ([auth] tokens_file).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a random token: prints the token (hand it to the client; it is not stored) and
+    /// the [[token]] entry with its SHA-256 to append to the tokens file.
+    New {
+        /// A name for the token in logs and the tokens file, e.g. bank-ivr-2026.
+        #[arg(long)]
+        name: String,
+        /// producer (Screen, ScreenText), supervisor (Subscribe, Acknowledge, EntryStats,
+        /// console) or admin (everything).
+        #[arg(long)]
+        role: kasuhara_guard::auth::Role,
+        /// A tenant the token acts for; repeat for several, "*" for every tenant.
+        #[arg(long = "tenant", required = true)]
+        tenants: Vec<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -230,7 +254,9 @@ impl Cli {
             Command::Screen { lexicon, .. }
             | Command::Eval { lexicon, .. }
             | Command::Lexicon { command: LexiconCommand::Check { lexicon, .. } } => lexicon,
-            Command::Health { .. } | Command::Loadgen(_) => &LexiconArgs::default(),
+            Command::Health { .. } | Command::Loadgen(_) | Command::Token { .. } => {
+                &LexiconArgs::default()
+            }
         };
         if let Command::Config { command: ConfigCommand::Check { file: Some(file), .. } } =
             &self.command
@@ -303,7 +329,27 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             health(&endpoint, service, timeout).await
         }
         Command::Loadgen(args) => run_loadgen(args).await,
+        Command::Token { command: TokenCommand::New { name, role, tenants } } => {
+            token_new(&name, role, &tenants)
+        }
     }
+}
+
+/// `token new`: the token on stdout's first line, then the entry to append, as TOML comments
+/// and a `[[token]]` table, so `>> tokens.toml` after removing the first line just works.
+fn token_new(
+    name: &str,
+    role: kasuhara_guard::auth::Role,
+    tenants: &[String],
+) -> anyhow::Result<ExitCode> {
+    use kasuhara_guard::auth;
+    anyhow::ensure!(tenants.iter().all(|t| !t.is_empty()), "--tenant must not be empty");
+    let token = auth::mint_token().map_err(|e| anyhow::anyhow!("no random source: {e}"))?;
+    println!("{token}");
+    println!("# ^ the token: give it to the client (authorization: Bearer <token>); it is");
+    println!("#   not stored anywhere. Append the entry below to the tokens file:");
+    print!("{}", auth::token_entry_toml(name, &token, role, tenants));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `serve`: the gRPC service until SIGTERM/SIGINT, the metrics endpoint beside it, and the
@@ -337,8 +383,14 @@ async fn serve(
     let served =
         server::run_with_console(listener, console, settings.server, shutdown::signal()).await;
     stop_metrics.cancel();
-    served?;
-    Ok(ExitCode::SUCCESS)
+    match served {
+        // Exposure without authentication is a configuration problem, reported like one.
+        Err(server::ServerError::Exposed(error)) => {
+            eprintln!("error: {error}");
+            Ok(ExitCode::from(EXIT_CONFIG))
+        }
+        served => served.map(|()| ExitCode::SUCCESS).map_err(Into::into),
+    }
 }
 
 /// `config check`: the settings resolved (errors already reported by `main`), the lexicon

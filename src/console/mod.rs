@@ -12,9 +12,14 @@
 //!
 //! Server-sent events fit a browser exactly: `EventSource` reconnects by itself and sends the
 //! last `id:` it saw as `Last-Event-ID`, which is our cursor, so a dropped connection resumes
-//! with no gap and no duplicate without a line of client code. The console has no
-//! authentication of its own: bind it to loopback or put it behind the proxy that
-//! authenticates supervisors.
+//! with no gap and no duplicate without a line of client code.
+//!
+//! The console follows the gRPC rules ([`crate::auth`]): with tokens configured every `/api/`
+//! request needs a supervisor (or admin) token for the tenant it asks about, in an
+//! `Authorization: Bearer` header or, for `EventSource` (which cannot set headers), an
+//! `access_token` query parameter; 401 without a valid token, 403 for another tenant. The page
+//! asks for the token and keeps it in the tab's `sessionStorage` only. The console speaks plain
+//! HTTP: off loopback, put it behind a TLS-terminating proxy so the token is not sent in clear.
 //!
 //! [`AlertHub`]: crate::alert::AlertHub
 
@@ -37,6 +42,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::alert::AlertFilter;
 use crate::alert::ack::{AckOutcome, AckRequest};
 use crate::alert::bus::Resume;
+use crate::auth::Role;
 use crate::conversation::require_id;
 use crate::error::ScreenError;
 use crate::grpc::alerts::{acknowledge, check_list, open_subscription};
@@ -90,6 +96,8 @@ fn error_response(error: ScreenError) -> Response {
         ScreenError::ResourceExhausted { field, .. } => {
             (StatusCode::TOO_MANY_REQUESTS, Some(*field))
         }
+        ScreenError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, None),
+        ScreenError::PermissionDenied(_) => (StatusCode::FORBIDDEN, None),
         ScreenError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, None),
         ScreenError::Internal(detail) => {
             tracing::error!(%detail, "internal console error");
@@ -119,6 +127,20 @@ struct EventsQuery {
     conversation_ids: String,
     #[serde(default)]
     cursor: String,
+    /// The bearer token, for `EventSource`, which cannot send headers.
+    #[serde(default)]
+    access_token: String,
+}
+
+/// Checks that the request's token may act as a supervisor for `tenant`.
+fn authorize(
+    shared: &Shared,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+    tenant: &str,
+) -> Result<(), ScreenError> {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    shared.access.http_principal(authorization, query_token)?.check(Role::Supervisor, tenant)
 }
 
 fn list(text: &str) -> Vec<String> {
@@ -167,10 +189,11 @@ async fn events(
     Query(query): Query<EventsQuery>,
 ) -> Response {
     let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-    let subscription = query
-        .decode(last_event_id)
+    let token = query.access_token.clone();
+    let subscription = authorize(&shared, &headers, Some(&token), &query.tenant_id)
+        .and_then(|()| query.decode(last_event_id))
         .and_then(|(filter, resume)| open_subscription(&shared, filter, resume));
-    let mut subscription = match subscription {
+    let (mut subscription, slot) = match subscription {
         Ok(s) => s,
         Err(e) => return error_response(e),
     };
@@ -178,6 +201,7 @@ async fn events(
     let token = shared.shutdown.clone();
     let heartbeat = shared.heartbeat_interval;
     shared.tasks.spawn(async move {
+        let _slot = slot;
         loop {
             let event = tokio::select! {
                 next = tokio::time::timeout(heartbeat, subscription.next()) => match next {
@@ -213,8 +237,12 @@ struct AcknowledgeBody {
 /// `POST /api/acknowledge`.
 async fn acknowledge_json(
     State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
     Json(body): Json<AcknowledgeBody>,
 ) -> Response {
+    if let Err(e) = authorize(&shared, &headers, None, &body.tenant_id) {
+        return error_response(e);
+    }
     let outcome = match body.outcome.as_deref() {
         None | Some("") => Some(AckOutcome::Seen),
         Some(code) => AckOutcome::from_code(code),
@@ -239,14 +267,18 @@ async fn acknowledge_json(
 #[serde(default)]
 struct StatsQuery {
     tenant_id: String,
+    access_token: String,
 }
 
 /// `GET /api/entry-stats`: false alarms per lexicon entry, most first.
 async fn entry_stats(
     State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
     Query(query): Query<StatsQuery>,
 ) -> Response {
-    if let Err(e) = require_id("tenant_id", &query.tenant_id, true) {
+    let checked = authorize(&shared, &headers, Some(&query.access_token), &query.tenant_id)
+        .and_then(|()| require_id("tenant_id", &query.tenant_id, true));
+    if let Err(e) = checked {
         return error_response(e);
     }
     let stats = shared.hub.entry_stats(&query.tenant_id);

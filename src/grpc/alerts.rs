@@ -13,12 +13,14 @@ use tonic::{Request, Response, Status};
 use crate::alert::AlertFilter;
 use crate::alert::ack::{AckError, AckRequest};
 use crate::alert::bus::{Resume, SubscribeError, Subscription};
+use crate::auth::{self, Role};
 use crate::conversation::require_id;
 use crate::error::ScreenError;
 use crate::grpc::{
     acknowledgement_to_pb, category_from_pb, delivery_to_pb, heartbeat_to_pb, outcome_from_pb,
     severity_from_pb,
 };
+use crate::limits::SubscriberSlot;
 use crate::pb;
 use crate::pb::alert_service_server::AlertService;
 use crate::server::Shared;
@@ -88,18 +90,23 @@ fn filter_from_pb(request: pb::SubscribeRequest) -> Result<(AlertFilter, Resume)
     Ok((filter, resume))
 }
 
-/// Opens a subscription on the hub, mapping a bad cursor to INVALID_ARGUMENT.
+/// Opens a subscription on the hub, within the tenant's subscriber limit; the subscription
+/// holds its slot while the returned [`SubscriberSlot`] lives.
 ///
 /// # Errors
-/// [`ScreenError::InvalidArgument`] on `cursor` when it is ahead of the tenant's stream.
+/// [`ScreenError::ResourceExhausted`] on `tenant_id` when the tenant has its maximum of
+/// subscriptions; [`ScreenError::InvalidArgument`] on `cursor` when it is ahead of the
+/// tenant's stream.
 pub fn open_subscription(
     shared: &Shared,
     filter: AlertFilter,
     resume: Resume,
-) -> Result<Subscription, ScreenError> {
-    shared.hub.subscribe(filter, resume).map_err(|e| match e {
+) -> Result<(Subscription, SubscriberSlot), ScreenError> {
+    let slot = shared.subscribers.open(&filter.tenant_id)?;
+    let subscription = shared.hub.subscribe(filter, resume).map_err(|e| match e {
         SubscribeError::CursorAhead => ScreenError::invalid("cursor", e.to_string()),
-    })
+    })?;
+    Ok((subscription, slot))
 }
 
 /// Records an acknowledgement through the hub, mapping an unknown alert to NOT_FOUND.
@@ -126,15 +133,17 @@ impl AlertService for Alerts {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        auth::authorize(&request, Role::Supervisor, &request.get_ref().tenant_id)?;
         let (filter, resume) = filter_from_pb(request.into_inner())?;
         // Subscribe before returning, so every event published after the response headers
         // reach the client is delivered (or replayed, with a cursor).
-        let mut subscription = open_subscription(&self.shared, filter, resume)?;
+        let (mut subscription, slot) = open_subscription(&self.shared, filter, resume)?;
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         let token = self.shared.shutdown.clone();
         let heartbeat = self.shared.heartbeat_interval;
         self.shared.tasks.spawn(async move {
             let _open = telemetry::SubscriberGauge::open();
+            let _slot = slot;
             loop {
                 let event = tokio::select! {
                     next = tokio::time::timeout(heartbeat, subscription.next()) => match next {
@@ -171,6 +180,7 @@ impl AlertService for Alerts {
         &self,
         request: Request<pb::AcknowledgeRequest>,
     ) -> Result<Response<pb::AcknowledgeResponse>, Status> {
+        auth::authorize(&request, Role::Supervisor, &request.get_ref().tenant_id)?;
         let request = request.into_inner();
         let outcome = outcome_from_pb(request.outcome)
             .ok_or_else(|| ScreenError::invalid("outcome", "unknown outcome"))?;
@@ -193,6 +203,7 @@ impl AlertService for Alerts {
         &self,
         request: Request<pb::EntryStatsRequest>,
     ) -> Result<Response<pb::EntryStatsResponse>, Status> {
+        auth::authorize(&request, Role::Supervisor, &request.get_ref().tenant_id)?;
         let request = request.into_inner();
         require_id("tenant_id", &request.tenant_id, true)?;
         let entries = self

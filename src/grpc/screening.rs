@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 
 use crate::alert::{Alert, AlertStatus, HubEvent};
+use crate::auth::{self, Principal, Role};
 use crate::conversation::{
     Conversation, ConversationInfo, SegmentIn, SegmentOutcome, Services, Speaker, check_text,
 };
@@ -49,13 +50,15 @@ impl ScreeningService for Screening {
         &self,
         request: Request<Streaming<pb::ScreenRequest>>,
     ) -> Result<Response<Self::ScreenStream>, Status> {
+        // The tenant arrives with ConversationStart; it is checked against this caller there.
+        let caller = auth::authorize(&request, Role::Producer, "")?;
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(VERDICT_BUFFER);
         let shared = Arc::clone(&self.shared);
         let token = shared.shutdown.clone();
         self.shared.tasks.spawn(async move {
             let outcome = tokio::select! {
-                outcome = run_conversation(&shared, inbound, &tx) => outcome,
+                outcome = run_conversation(&shared, &caller, inbound, &tx) => outcome,
                 () = token.cancelled() => Err(Status::from(ScreenError::Unavailable)),
             };
             if let Err(status) = outcome {
@@ -70,6 +73,7 @@ impl ScreeningService for Screening {
         &self,
         request: Request<pb::ScreenTextRequest>,
     ) -> Result<Response<pb::ScreenTextResponse>, Status> {
+        auth::authorize(&request, Role::Producer, &request.get_ref().tenant_id)?;
         let request = request.into_inner();
         crate::conversation::require_id("tenant_id", &request.tenant_id, true)?;
         let speaker = speaker_from_pb("speaker", request.speaker)?;
@@ -110,6 +114,7 @@ impl ScreeningService for Screening {
 /// Reads one conversation to its end, sending a verdict per segment and a summary at the end.
 async fn run_conversation(
     shared: &Shared,
+    caller: &Principal,
     mut inbound: Streaming<pb::ScreenRequest>,
     tx: &mpsc::Sender<Result<pb::ScreenResponse, Status>>,
 ) -> Result<(), Status> {
@@ -135,6 +140,7 @@ async fn run_conversation(
                     started_at,
                 };
                 info.validate()?;
+                caller.check(Role::Producer, &info.tenant_id)?;
                 let admitted = shared.live.open(&info.tenant_id, &info.conversation_id)?;
                 let policy = shared.policy.for_tenant(&info.tenant_id).clone();
                 // With Redis: what other nodes know of the customer, and this conversation's

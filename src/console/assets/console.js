@@ -231,7 +231,7 @@ async function acknowledge(alertId) {
   try {
     const response = await fetch("/api/acknowledge", {
       method: "POST",
-      headers: { "content-type": "application/json" },
+      headers: { "content-type": "application/json", ...authHeaders() },
       body: JSON.stringify(body),
     });
     const result = await response.json();
@@ -260,7 +260,8 @@ function upsertAlertWithAck(ack) {
 async function loadEntryStats() {
   const tenant = $("tenant").value.trim();
   if (!tenant) return;
-  const response = await fetch(`/api/entry-stats?tenant_id=${encodeURIComponent(tenant)}`);
+  const response = await fetch(`/api/entry-stats?tenant_id=${encodeURIComponent(tenant)}`,
+    { headers: authHeaders() });
   if (!response.ok) return;
   const stats = await response.json();
   $("entry-stats").tBodies[0].replaceChildren(...stats.slice(0, 30).map((s) => {
@@ -271,8 +272,17 @@ async function loadEntryStats() {
   }));
 }
 
+// The supervisor's bearer token, when the server has authentication on. It is kept in this
+// tab's sessionStorage only (never localStorage or the address bar), and sent as a header;
+// EventSource cannot send headers, so the event stream carries it as `access_token`.
+function authHeaders() {
+  const token = $("token").value.trim();
+  return token ? { authorization: `Bearer ${token}` } : {};
+}
+
 function eventsUrl() {
   const params = new URLSearchParams({ tenant_id: $("tenant").value.trim(), cursor: "0" });
+  if ($("token").value.trim()) params.set("access_token", $("token").value.trim());
   if ($("min-severity").value) params.set("min_severity", $("min-severity").value);
   const categories = Array.from(document.querySelectorAll("#categories input:checked")).map((c) => c.value);
   if (categories.length) params.set("categories", categories.join(","));
@@ -339,10 +349,12 @@ function init() {
   const params = new URLSearchParams(location.search);
   $("tenant").value = params.get("tenant") || localStorage.getItem("kasuhara.tenant") || "";
   $("supervisor").value = params.get("supervisor") || localStorage.getItem("kasuhara.supervisor") || "";
+  $("token").value = sessionStorage.getItem("kasuhara.token") || "";
   $("settings").addEventListener("submit", (e) => {
     e.preventDefault();
     localStorage.setItem("kasuhara.tenant", $("tenant").value.trim());
     localStorage.setItem("kasuhara.supervisor", $("supervisor").value.trim());
+    sessionStorage.setItem("kasuhara.token", $("token").value.trim());
     connect();
   });
   $("close-conversation").addEventListener("click", () => {
