@@ -139,6 +139,7 @@ impl AlertIds {
 pub struct AlertHub {
     bus: bus::AlertBus,
     ledger: ack::AckLedger,
+    evidence: Option<crate::evidence::EvidenceLog>,
 }
 
 impl AlertHub {
@@ -148,12 +149,21 @@ impl AlertHub {
         Self {
             bus: bus::AlertBus::new(queue, history.clone()),
             ledger: ack::AckLedger::new(history),
+            evidence: None,
         }
+    }
+
+    /// The same hub, also appending alerts and acknowledgements to the evidence log.
+    pub fn with_evidence_log(self, log: crate::evidence::EvidenceLog) -> Self {
+        Self { evidence: Some(log), ..self }
     }
 
     /// Publishes an event to its tenant's stream; never waits. Returns its cursor.
     pub fn publish(&self, event: HubEvent) -> bus::Cursor {
         self.ledger.observe(&event);
+        if let Some(log) = &self.evidence {
+            log.record(&event);
+        }
         self.bus.publish(event)
     }
 
@@ -178,7 +188,11 @@ impl AlertHub {
         request: ack::AckRequest,
     ) -> Result<Arc<ack::Acknowledgement>, ack::AckError> {
         let acknowledgement = Arc::new(self.ledger.acknowledge(request)?);
-        self.bus.publish(HubEvent::Acknowledged(Arc::clone(&acknowledgement)));
+        let event = HubEvent::Acknowledged(Arc::clone(&acknowledgement));
+        if let Some(log) = &self.evidence {
+            log.record(&event);
+        }
+        self.bus.publish(event);
         Ok(acknowledgement)
     }
 

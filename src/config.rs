@@ -58,6 +58,14 @@ pub struct Config {
     pub limits: crate::limits::Limits,
     /// Silence after which a supervisor stream gets a heartbeat.
     pub heartbeat_interval: Duration,
+    /// The policy file `policy` was read from, re-read on reload (None: the policy came from
+    /// the config file or the defaults and stays as it is).
+    pub policy_file: Option<PathBuf>,
+    /// The evidence log of alerts and acknowledgements; off when None.
+    pub evidence_log: Option<crate::evidence::EvidenceLogConfig>,
+    /// Reload the lexicons and policy file on SIGHUP (the binary; never in-process tests,
+    /// where every server in the process would get the signal).
+    pub reload_on_sighup: bool,
 }
 
 impl Default for Config {
@@ -69,6 +77,9 @@ impl Default for Config {
             alert_buffer: DEFAULT_ALERT_BUFFER,
             limits: crate::limits::Limits::default(),
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            policy_file: None,
+            evidence_log: None,
+            reload_on_sighup: false,
         }
     }
 }
@@ -441,6 +452,7 @@ impl Settings {
         flags.apply(&mut settings);
         if let Some(path) = &settings.policy_file {
             settings.server.policy = PolicySet::load(path)?;
+            settings.server.policy_file = Some(path.clone());
         }
         settings.validate()?;
         Ok(settings)

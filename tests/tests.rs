@@ -8,6 +8,8 @@ mod alerts;
 mod api_doc;
 /// The supervisor console over HTTP, and end to end in a headless Chromium.
 mod console;
+/// The evidence log through a real server, `audit verify` and `audit export`.
+mod evidence;
 /// Streaming conversations in and reading verdicts; ScreenText; bad input.
 mod ingest;
 /// Admission limits: duplicate live ids, open conversations, segment floods.
@@ -20,6 +22,8 @@ mod ops;
 mod overlays;
 /// The dev corpus scored through gRPC, against quality floors.
 mod regression;
+/// Hot reload of lexicons and policy by RPC and SIGHUP while conversations stream.
+mod reload;
 /// Graceful shutdown with open streams.
 mod shutdown;
 mod util;

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 use kasuhara_guard::config::{self, Config, LogFormat, MetricsAddr, Overrides, Settings};
 use kasuhara_guard::conversation::check_text;
+use kasuhara_guard::evidence::{self, EvidenceLogConfig, FsyncPolicy};
 use kasuhara_guard::pipeline::Detection;
 use kasuhara_guard::{client, eval, loadgen, server, shutdown, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -76,6 +77,13 @@ struct ServeArgs {
     /// Silence after which a supervisor stream gets a heartbeat (e.g. 15s).
     #[arg(long, env = "KASUHARA_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = config::parse_duration)]
     heartbeat_interval: Duration,
+    /// Append alerts and acknowledgements to this hash-chained evidence log (JSON Lines);
+    /// off when absent. Check it with `audit verify`.
+    #[arg(long, env = "KASUHARA_EVIDENCE_LOG", value_name = "FILE")]
+    evidence_log: Option<PathBuf>,
+    /// When the evidence log is forced to disk: always, never, or an interval like 1s.
+    #[arg(long, env = "KASUHARA_EVIDENCE_FSYNC", default_value = "always", value_name = "POLICY")]
+    evidence_fsync: FsyncPolicy,
     #[command(flatten)]
     lexicon: LexiconArgs,
 }
@@ -135,6 +143,33 @@ enum Command {
     /// Load a server with concurrent conversations and a supervisor; report throughput,
     /// verdict and alert latency, errors, and the server's CPU and RSS.
     Loadgen(LoadgenArgs),
+    /// Evidence log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check an evidence log's hash chain: exit 0 and print the record count and last hash
+    /// when intact, exit 1 naming the first bad record (line and why) when not.
+    Verify {
+        /// The evidence log (JSON Lines).
+        file: PathBuf,
+    },
+    /// Write an incident report (Markdown) for one conversation: timeline, quoted evidence
+    /// with its policy items, acknowledgements, and the chain check result.
+    Export {
+        /// The conversation id.
+        #[arg(long)]
+        conversation: String,
+        /// Write the report here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The evidence log (JSON Lines).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -220,7 +255,9 @@ impl Cli {
             Command::Screen { lexicon, .. }
             | Command::Eval { lexicon, .. }
             | Command::Lexicon { command: LexiconCommand::Check { lexicon, .. } } => lexicon,
-            Command::Health { .. } | Command::Loadgen(_) => &LexiconArgs::default(),
+            Command::Health { .. } | Command::Loadgen(_) | Command::Audit { .. } => {
+                &LexiconArgs::default()
+            }
         };
         if let Command::Config { command: ConfigCommand::Check { file: Some(file), .. } } =
             &self.command
@@ -271,9 +308,16 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+async fn dispatch(command: Command, mut settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(args) => serve(settings, args.console_addr, args.heartbeat_interval).await,
+        Command::Serve(mut args) => {
+            apply_serve_only_flags(&mut args, &mut settings);
+            serve(settings, args.console_addr, args.heartbeat_interval).await
+        }
+        Command::Audit { command: AuditCommand::Verify { file } } => audit_verify(&file),
+        Command::Audit { command: AuditCommand::Export { conversation, output, file } } => {
+            audit_export(&file, &conversation, output.as_deref())
+        }
         Command::Screen { input, .. } => screen(input, settings.server),
         Command::Lexicon { command: LexiconCommand::Check { explain, .. } } => {
             lexicon_check(settings.server, &explain)
@@ -296,8 +340,8 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
     }
 }
 
-/// `serve`: the gRPC service until SIGTERM/SIGINT, the metrics endpoint beside it, and the
-/// supervisor console when asked for.
+/// `serve`: the gRPC service until SIGTERM/SIGINT (reloading the lexicons and policy on
+/// SIGHUP), the metrics endpoint beside it, and the supervisor console when asked for.
 async fn serve(
     mut settings: Settings,
     console_addr: Option<SocketAddr>,
@@ -305,6 +349,7 @@ async fn serve(
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!heartbeat_interval.is_zero(), "--heartbeat-interval must be positive");
     settings.server.heartbeat_interval = heartbeat_interval;
+    settings.server.reload_on_sighup = true;
     let listener = TcpListener::bind(settings.addr)
         .await
         .with_context(|| format!("cannot listen on {}", settings.addr))?;
@@ -328,6 +373,48 @@ async fn serve(
         server::run_with_console(listener, console, settings.server, shutdown::signal()).await;
     stop_metrics.cancel();
     served?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The serve flags that only `serve` reads: the evidence log.
+fn apply_serve_only_flags(args: &mut ServeArgs, settings: &mut Settings) {
+    settings.server.evidence_log =
+        args.evidence_log.take().map(|path| EvidenceLogConfig { path, fsync: args.evidence_fsync });
+}
+
+/// `audit verify`: 0 when the chain is intact, 1 naming the first bad record.
+fn audit_verify(file: &Path) -> anyhow::Result<ExitCode> {
+    match evidence::verify_file(file) {
+        Ok(verified) => {
+            println!(
+                "ok: {}: {} records, chain intact; last hash {}",
+                file.display(),
+                verified.records,
+                verified.last_hash
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(broken) => {
+            println!("BROKEN: {}: {broken}", file.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `audit export`: the incident report for one conversation, on stdout or to a file.
+fn audit_export(
+    file: &Path,
+    conversation: &str,
+    output: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let report = evidence::export(&text, &file.display().to_string(), conversation);
+    match output {
+        Some(path) => std::fs::write(path, report)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => print!("{report}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

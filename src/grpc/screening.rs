@@ -78,8 +78,13 @@ impl ScreeningService for Screening {
         if speaker == Speaker::Agent {
             return Ok(Response::new(pb::ScreenTextResponse { alerts: Vec::new() }));
         }
-        let detections =
-            self.shared.pipelines.for_tenant(&request.tenant_id).screen(&request.text)?;
+        let detections = self
+            .shared
+            .rules
+            .current()
+            .pipelines
+            .for_tenant(&request.tenant_id)
+            .screen(&request.text)?;
         let created_at = SystemTime::now();
         let alerts = detections
             .into_iter()
@@ -136,7 +141,7 @@ async fn run_conversation(
                 };
                 info.validate()?;
                 let admitted = shared.live.open(&info.tenant_id, &info.conversation_id)?;
-                let policy = shared.policy.for_tenant(&info.tenant_id).clone();
+                let policy = shared.rules.current().policy.for_tenant(&info.tenant_id).clone();
                 (Conversation::open(info, policy, &shared.callers), admitted)
             }
             Some(_) => {
@@ -158,11 +163,6 @@ async fn run_conversation(
         tenant_id = %info.tenant_id,
         queue = %info.queue,
     );
-    let services = Services {
-        pipeline: shared.pipelines.for_tenant(&info.tenant_id),
-        ids: &shared.alert_ids,
-        callers: &shared.callers,
-    };
     async move {
         tracing::debug!("conversation started");
         let idle_timeout = conversation.policy().idle_timeout;
@@ -187,7 +187,16 @@ async fn run_conversation(
                         start_ms: segment.start_ms,
                         end_ms: segment.end_ms,
                     };
+                    // The rules are loaded once per segment, so a reload takes effect at the
+                    // next segment of every open conversation (crate::reload).
+                    let rules = shared.rules.current();
+                    let services = Services {
+                        pipeline: rules.pipelines.for_tenant(&conversation.info().tenant_id),
+                        ids: &shared.alert_ids,
+                        callers: &shared.callers,
+                    };
                     let outcome = conversation.screen(services, &segment)?;
+                    drop(rules);
                     if !send_outcome(shared, tx, segment.seq, outcome).await {
                         return Ok(()); // the client left
                     }
