@@ -143,6 +143,13 @@ enum Command {
     /// Load a server with concurrent conversations and a supervisor; report throughput,
     /// verdict and alert latency, errors, and the server's CPU and RSS.
     Loadgen(LoadgenArgs),
+    /// Ask a running server to reload its lexicons and policy file (as SIGHUP does); print
+    /// what it loaded and how long it took, or every problem with file:line (exit 1).
+    Reload {
+        /// The server, e.g. http://127.0.0.1:50051 [default: the configured address].
+        #[arg(long, value_name = "URL")]
+        addr: Option<String>,
+    },
     /// Evidence log tools.
     Audit {
         #[command(subcommand)]
@@ -255,9 +262,10 @@ impl Cli {
             Command::Screen { lexicon, .. }
             | Command::Eval { lexicon, .. }
             | Command::Lexicon { command: LexiconCommand::Check { lexicon, .. } } => lexicon,
-            Command::Health { .. } | Command::Loadgen(_) | Command::Audit { .. } => {
-                &LexiconArgs::default()
-            }
+            Command::Health { .. }
+            | Command::Loadgen(_)
+            | Command::Audit { .. }
+            | Command::Reload { .. } => &LexiconArgs::default(),
         };
         if let Command::Config { command: ConfigCommand::Check { file: Some(file), .. } } =
             &self.command
@@ -327,14 +335,10 @@ async fn dispatch(command: Command, mut settings: Settings) -> anyhow::Result<Ex
         }
         Command::Config { command: ConfigCommand::Check { .. } } => config_check(&settings),
         Command::Health { addr, service, timeout } => {
-            let endpoint = addr.unwrap_or_else(|| {
-                let mut local = settings.addr;
-                if local.ip().is_unspecified() {
-                    local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
-                format!("http://{local}")
-            });
-            health(&endpoint, service, timeout).await
+            health(&addr.unwrap_or_else(|| local_endpoint(&settings)), service, timeout).await
+        }
+        Command::Reload { addr } => {
+            reload(&addr.unwrap_or_else(|| local_endpoint(&settings))).await
         }
         Command::Loadgen(args) => run_loadgen(args).await,
     }
@@ -439,6 +443,54 @@ fn config_check(settings: &Settings) -> anyhow::Result<ExitCode> {
 }
 
 /// `health`: one `grpc.health.v1.Health/Check` call.
+/// The configured address as a URL, with 0.0.0.0 read as 127.0.0.1.
+fn local_endpoint(settings: &Settings) -> String {
+    let mut local = settings.addr;
+    if local.ip().is_unspecified() {
+        local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{local}")
+}
+
+/// `reload`: `AdminService.ReloadLexicons` on a running server.
+async fn reload(endpoint: &str) -> anyhow::Result<ExitCode> {
+    use kasuhara_guard::pb::{ReloadLexiconsRequest, admin_service_client::AdminServiceClient};
+    use tonic_types::StatusExt;
+
+    let mut client = AdminServiceClient::connect(endpoint.to_owned())
+        .await
+        .with_context(|| format!("cannot connect to {endpoint}"))?;
+    match client.reload_lexicons(ReloadLexiconsRequest {}).await {
+        Ok(response) => {
+            let r = response.into_inner();
+            let elapsed = r.elapsed.map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9);
+            println!(
+                "reloaded (generation {}): {} entries, {} context rules, {} patterns, {} tenant \
+                 pipelines, {} tenant policies in {:.3} s",
+                r.generation,
+                r.entries,
+                r.context_rules,
+                r.patterns,
+                r.tenant_pipelines,
+                r.tenant_policies,
+                elapsed
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            eprintln!("reload refused; the server keeps its rules:");
+            let details = status.get_error_details();
+            for v in
+                details.precondition_failure().map(|p| p.violations.as_slice()).unwrap_or_default()
+            {
+                eprintln!("  {} {}: {}", v.r#type, v.subject, v.description);
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Err(status) => Err(status).with_context(|| format!("reload on {endpoint} failed")),
+    }
+}
+
 async fn health(endpoint: &str, service: String, timeout: Duration) -> anyhow::Result<ExitCode> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
