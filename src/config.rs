@@ -401,7 +401,16 @@ struct ConfigFile {
     lexicon: LexiconSection,
     #[serde(default)]
     log: LogSection,
+    #[serde(default)]
+    evidence_log: EvidenceLogSection,
     policy: Option<PolicyFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvidenceLogSection {
+    path: Option<PathBuf>,
+    fsync: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -499,6 +508,14 @@ impl Settings {
         self.log_format = file.log.format.unwrap_or(self.log_format);
         self.log_filter = file.log.filter.unwrap_or(self.log_filter.clone());
         self.otlp_endpoint = file.log.otlp_endpoint.filter(|e| !e.is_empty());
+        let fsync =
+            source.value(&file.evidence_log.fsync, "evidence_log.fsync", &mut errors, |t| {
+                t.parse::<crate::evidence::FsyncPolicy>()
+            });
+        if let Some(path) = file.evidence_log.path {
+            let fsync = fsync.unwrap_or_default();
+            self.server.evidence_log = Some(crate::evidence::EvidenceLogConfig { path, fsync });
+        }
         if let Some(policy) = file.policy {
             // Overlay directories are relative to the file that names them, as in a policy file.
             let base = path.parent().unwrap_or(Path::new("."));
@@ -547,6 +564,14 @@ impl Settings {
         let _ = writeln!(out, "[log]\nformat = {}\nfilter = {}", q(format), q(&self.log_filter));
         if let Some(endpoint) = &self.otlp_endpoint {
             let _ = writeln!(out, "otlp_endpoint = {}", q(endpoint));
+        }
+        if let Some(log) = &self.server.evidence_log {
+            let path = q(&log.path.to_string_lossy());
+            let _ = writeln!(
+                out,
+                "\n[evidence_log]\npath = {path}\nfsync = {}",
+                q(&log.fsync.to_string())
+            );
         }
         let mut section = |name: &str, p: &TenantPolicy| {
             let _ = writeln!(out, "\n[{name}]");
@@ -949,6 +974,26 @@ mod tests {
     }
 
     /// Problems in the file are all reported, each as file:line: key.
+    #[test]
+    fn evidence_log_section() {
+        let file = TempFile::new(
+            "evidence.toml",
+            "[evidence_log]\npath = \"/tmp/evidence.jsonl\"\nfsync = \"2s\"\n",
+        );
+        let flags = Overrides { config: Some(file.0.clone()), ..Overrides::default() };
+        let s = Settings::resolve(&Overrides::default(), &flags).expect("valid");
+        let log = s.server.evidence_log.clone().expect("evidence log configured");
+        assert_eq!(log.path, PathBuf::from("/tmp/evidence.jsonl"));
+        assert_eq!(log.fsync, crate::evidence::FsyncPolicy::Interval(Duration::from_secs(2)));
+        assert!(s.to_toml().contains("[evidence_log]"));
+
+        let bad =
+            TempFile::new("bad-fsync.toml", "[evidence_log]\npath = \"x\"\nfsync = \"often\"\n");
+        let flags = Overrides { config: Some(bad.0.clone()), ..Overrides::default() };
+        let err = Settings::resolve(&Overrides::default(), &flags).expect_err("bad").to_string();
+        assert!(err.contains(&format!("{}:3: evidence_log.fsync", bad.0.display())), "help: {err}");
+    }
+
     #[test]
     fn file_errors_have_file_and_line() {
         let file = TempFile::new(

@@ -70,6 +70,16 @@ impl std::str::FromStr for FsyncPolicy {
     }
 }
 
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsyncPolicy::Always => f.write_str("always"),
+            FsyncPolicy::Never => f.write_str("never"),
+            FsyncPolicy::Interval(every) => f.write_str(&crate::config::format_duration(*every)),
+        }
+    }
+}
+
 /// Where the evidence log goes and how it is flushed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvidenceLogConfig {
@@ -703,6 +713,13 @@ mod tests {
         assert_eq!("2s".parse(), Ok(FsyncPolicy::Interval(Duration::from_secs(2))));
         assert!("0s".parse::<FsyncPolicy>().is_err());
         assert!("sometimes".parse::<FsyncPolicy>().is_err());
+        for policy in [
+            FsyncPolicy::Always,
+            FsyncPolicy::Never,
+            FsyncPolicy::Interval(Duration::from_millis(1500)),
+        ] {
+            assert_eq!(policy.to_string().parse(), Ok(policy));
+        }
     }
 
     #[test]

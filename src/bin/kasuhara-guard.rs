@@ -81,9 +81,10 @@ struct ServeArgs {
     /// off when absent. Check it with `audit verify`.
     #[arg(long, env = "KASUHARA_EVIDENCE_LOG", value_name = "FILE")]
     evidence_log: Option<PathBuf>,
-    /// When the evidence log is forced to disk: always, never, or an interval like 1s.
-    #[arg(long, env = "KASUHARA_EVIDENCE_FSYNC", default_value = "always", value_name = "POLICY")]
-    evidence_fsync: FsyncPolicy,
+    /// When the evidence log is forced to disk: always, never, or an interval like 1s
+    /// [default: always].
+    #[arg(long, env = "KASUHARA_EVIDENCE_FSYNC", value_name = "POLICY")]
+    evidence_fsync: Option<FsyncPolicy>,
     #[command(flatten)]
     lexicon: LexiconArgs,
 }
@@ -380,10 +381,13 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The serve flags that only `serve` reads: the evidence log.
+/// The serve flags that only `serve` reads: the evidence log, over the config file's
+/// `[evidence_log]`.
 fn apply_serve_only_flags(args: &mut ServeArgs, settings: &mut Settings) {
-    settings.server.evidence_log =
-        args.evidence_log.take().map(|path| EvidenceLogConfig { path, fsync: args.evidence_fsync });
+    let from_file = settings.server.evidence_log.take();
+    let fsync = args.evidence_fsync.or(from_file.as_ref().map(|c| c.fsync)).unwrap_or_default();
+    let path = args.evidence_log.take().or(from_file.map(|c| c.path));
+    settings.server.evidence_log = path.map(|path| EvidenceLogConfig { path, fsync });
 }
 
 /// `audit verify`: 0 when the chain is intact, 1 naming the first bad record.
