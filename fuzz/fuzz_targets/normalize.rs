@@ -13,6 +13,9 @@ fuzz_target!(|text: &str| {
     // Every char boundary of the normalised text, paired with the end, maps back in bounds.
     for (start, _) in normalized.as_str().char_indices() {
         let span = normalized.original_chars(start..len);
-        assert!(span.start <= span.end && span.end <= original_chars, "{span:?} out of {original_chars}");
+        assert!(
+            span.start <= span.end && span.end <= original_chars,
+            "{span:?} out of {original_chars}"
+        );
     }
 });
