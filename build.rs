@@ -19,6 +19,7 @@ const PROTOS: &[&str] = &[
     "proto/kasuhara/v1/types.proto",
     "proto/kasuhara/v1/screening.proto",
     "proto/kasuhara/v1/alerts.proto",
+    "proto/kasuhara/v1/admin.proto",
 ];
 
 fn main() {

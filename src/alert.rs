@@ -141,6 +141,7 @@ impl AlertIds {
 pub struct AlertHub {
     bus: Box<dyn bus::AlertBus>,
     ledger: Arc<ack::AckLedger>,
+    evidence: Option<crate::evidence::EvidenceLog>,
 }
 
 impl AlertHub {
@@ -148,17 +149,30 @@ impl AlertHub {
     /// whose tenants keep `history` events (and as many alerts for acknowledgement).
     pub fn new(queue: usize, history: bus::HistorySizes) -> Self {
         let ledger = Arc::new(ack::AckLedger::new(history.clone()));
-        Self { bus: Box::new(bus::LocalBus::new(queue, history, Arc::clone(&ledger))), ledger }
+        Self {
+            bus: Box::new(bus::LocalBus::new(queue, history, Arc::clone(&ledger))),
+            ledger,
+            evidence: None,
+        }
     }
 
     /// A hub over `bus`, which must feed every event it carries to `ledger` once.
     pub fn with_bus(bus: Box<dyn bus::AlertBus>, ledger: Arc<ack::AckLedger>) -> Self {
-        Self { bus, ledger }
+        Self { bus, ledger, evidence: None }
+    }
+
+    /// The same hub, also appending the alerts and acknowledgements published on this node
+    /// to the evidence log (each node logs what it raised or was told, once).
+    pub fn with_evidence_log(self, log: crate::evidence::EvidenceLog) -> Self {
+        Self { evidence: Some(log), ..self }
     }
 
     /// Publishes an event to its tenant's stream; never waits. Returns its cursor when the
     /// bus numbers it at once (one node).
     pub fn publish(&self, event: HubEvent) -> Option<bus::Cursor> {
+        if let Some(log) = &self.evidence {
+            log.record(&event);
+        }
         self.bus.publish(event)
     }
 
@@ -184,7 +198,11 @@ impl AlertHub {
         request: ack::AckRequest,
     ) -> Result<Arc<ack::Acknowledgement>, ack::AckError> {
         let acknowledgement = Arc::new(self.ledger.acknowledge(request)?);
-        self.bus.publish(HubEvent::Acknowledged(Arc::clone(&acknowledgement)));
+        let event = HubEvent::Acknowledged(Arc::clone(&acknowledgement));
+        if let Some(log) = &self.evidence {
+            log.record(&event);
+        }
+        self.bus.publish(event);
         Ok(acknowledgement)
     }
 

@@ -107,6 +107,14 @@ pub struct Config {
     pub access: crate::auth::Access,
     /// TLS for the gRPC listener (plain text when absent).
     pub tls: Option<crate::auth::TlsPem>,
+    /// The policy file `policy` was read from, re-read on reload (None: the policy came from
+    /// the config file or the defaults and stays as it is).
+    pub policy_file: Option<PathBuf>,
+    /// The evidence log of alerts and acknowledgements; off when None.
+    pub evidence_log: Option<crate::evidence::EvidenceLogConfig>,
+    /// Reload the lexicons and policy file on SIGHUP (the binary; never in-process tests,
+    /// where every server in the process would get the signal).
+    pub reload_on_sighup: bool,
 }
 
 impl Default for Config {
@@ -121,6 +129,9 @@ impl Default for Config {
             redis: None,
             access: crate::auth::Access::off(),
             tls: None,
+            policy_file: None,
+            evidence_log: None,
+            reload_on_sighup: false,
         }
     }
 }
@@ -492,6 +503,8 @@ struct ConfigFile {
     #[serde(default)]
     auth: AuthSection,
     tls: Option<TlsSection>,
+    #[serde(default)]
+    evidence_log: EvidenceLogSection,
     policy: Option<PolicyFile>,
 }
 
@@ -516,6 +529,13 @@ struct TlsSection {
     cert: PathBuf,
     key: PathBuf,
     client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EvidenceLogSection {
+    path: Option<PathBuf>,
+    fsync: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -571,6 +591,7 @@ impl Settings {
         flags.apply(&mut settings);
         if let Some(path) = &settings.policy_file {
             settings.server.policy = PolicySet::load(path)?;
+            settings.server.policy_file = Some(path.clone());
         }
         settings.validate()?;
         Ok(settings)
@@ -694,6 +715,14 @@ impl Settings {
             }
             self.server.redis = Some(redis);
         }
+        let fsync =
+            source.value(&file.evidence_log.fsync, "evidence_log.fsync", &mut errors, |t| {
+                t.parse::<crate::evidence::FsyncPolicy>()
+            });
+        if let Some(path) = file.evidence_log.path {
+            let fsync = fsync.unwrap_or_default();
+            self.server.evidence_log = Some(crate::evidence::EvidenceLogConfig { path, fsync });
+        }
         if let Some(policy) = file.policy {
             // Overlay directories are relative to the file that names them, as in a policy file.
             let base = path.parent().unwrap_or(Path::new("."));
@@ -775,6 +804,14 @@ impl Settings {
                 q(&format_duration(redis.timeout)),
                 redis.stream_maxlen,
                 redis.buffer
+            );
+        }
+        if let Some(log) = &self.server.evidence_log {
+            let path = q(&log.path.to_string_lossy());
+            let _ = writeln!(
+                out,
+                "\n[evidence_log]\npath = {path}\nfsync = {}",
+                q(&log.fsync.to_string())
             );
         }
         let mut section = |name: &str, p: &TenantPolicy| {
@@ -1221,6 +1258,26 @@ mod tests {
     }
 
     /// Problems in the file are all reported, each as file:line: key.
+    #[test]
+    fn evidence_log_section() {
+        let file = TempFile::new(
+            "evidence.toml",
+            "[evidence_log]\npath = \"/tmp/evidence.jsonl\"\nfsync = \"2s\"\n",
+        );
+        let flags = Overrides { config: Some(file.0.clone()), ..Overrides::default() };
+        let s = Settings::resolve(&Overrides::default(), &flags).expect("valid");
+        let log = s.server.evidence_log.clone().expect("evidence log configured");
+        assert_eq!(log.path, PathBuf::from("/tmp/evidence.jsonl"));
+        assert_eq!(log.fsync, crate::evidence::FsyncPolicy::Interval(Duration::from_secs(2)));
+        assert!(s.to_toml().contains("[evidence_log]"));
+
+        let bad =
+            TempFile::new("bad-fsync.toml", "[evidence_log]\npath = \"x\"\nfsync = \"often\"\n");
+        let flags = Overrides { config: Some(bad.0.clone()), ..Overrides::default() };
+        let err = Settings::resolve(&Overrides::default(), &flags).expect_err("bad").to_string();
+        assert!(err.contains(&format!("{}:3: evidence_log.fsync", bad.0.display())), "help: {err}");
+    }
+
     #[test]
     fn file_errors_have_file_and_line() {
         let file = TempFile::new(

@@ -20,9 +20,12 @@
 //! - [`pipeline`]: the synchronous screening pipeline (no tokio inside).
 //! - [`conversation`]: one conversation's state and limits; [`limits`]: admission limits.
 //! - [`alert`]: alerts, ids, filters, the hub, its resumable bus and acknowledgement ledger.
+//! - [`evidence`]: the hash-chained evidence log of alerts and acknowledgements, its check
+//!   and incident report.
 //! - [`console`]: the supervisor web page (server-sent events, JSON), on its own port.
 //! - [`auth`]: bearer tokens, roles and tenant scoping, checked first in every handler.
 //! - [`grpc`]: thin tonic services; [`error`]: the one error-to-status mapping.
+//! - [`reload`]: hot reload of the lexicons and policy (SIGHUP, `AdminService`).
 //! - [`server`]: wiring, health, reflection and graceful shutdown; [`config`], [`shutdown`].
 //! - [`telemetry`]: logs, traces and Prometheus metrics.
 //! - [`eval`]: scoring a labelled corpus; [`client`]: replaying one through the gRPC API.
@@ -40,12 +43,14 @@ pub mod conversation;
 pub mod dictionary;
 pub mod error;
 pub mod eval;
+pub mod evidence;
 pub mod grpc;
 pub mod limits;
 pub mod loadgen;
 pub mod pipeline;
 pub mod policy;
 pub mod redis;
+pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

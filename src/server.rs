@@ -27,24 +27,28 @@ use crate::alert::redis_bus::{RedisBus, RedisBusConfig};
 use crate::alert::{AlertHub, AlertIds};
 use crate::callers::redis::RedisCallState;
 use crate::callers::{CallState, CallerHistory};
-use crate::config::{Config, PolicySet};
+use crate::config::Config;
 use crate::dictionary::{DictionaryError, Lexicon};
+use crate::evidence::EvidenceLog;
+use crate::grpc::admin::Admin;
 use crate::grpc::alerts::Alerts;
 use crate::grpc::screening::Screening;
 use crate::pb;
+use crate::pb::admin_service_server::AdminServiceServer;
 use crate::pb::alert_service_server::AlertServiceServer;
 use crate::pb::screening_service_server::ScreeningServiceServer;
 use crate::pipeline::matcher::Matcher;
 use crate::pipeline::segment::JapaneseSegmenter;
 use crate::pipeline::{Pipeline, Pipelines};
 use crate::redis::RedisTarget;
+use crate::reload::{LiveRules, Rules};
 use crate::telemetry;
 
 /// State shared by every handler.
 #[derive(Debug)]
 pub struct Shared {
-    /// The screening pipelines: shared, and per tenant with a lexicon overlay.
-    pub pipelines: Pipelines,
+    /// The pipelines and policy in use, swapped whole by a reload ([`crate::reload`]).
+    pub rules: LiveRules,
     /// Alert streams, history and acknowledgements for supervisors.
     pub hub: AlertHub,
     /// Silence after which a supervisor stream gets a heartbeat.
@@ -54,8 +58,6 @@ pub struct Shared {
     /// Repeat-caller history across conversations, and conversation snapshots: in memory,
     /// or shared through Redis.
     pub callers: Box<dyn CallState>,
-    /// Per-tenant policy.
-    pub policy: PolicySet,
     /// Open conversations, for the admission limits.
     pub live: Arc<crate::limits::LiveConversations>,
     /// Open alert subscriptions per tenant, for their limit.
@@ -84,6 +86,9 @@ pub enum ServerError {
     /// The Redis URL was refused by the client (validated config should prevent this).
     #[error("invalid redis url")]
     Redis(#[from] redis::RedisError),
+    /// The evidence log could not be opened.
+    #[error("cannot open the evidence log")]
+    Evidence(#[from] crate::evidence::EvidenceError),
     /// The reflection service could not read our descriptors (a build problem).
     #[error("cannot build the reflection service")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -100,23 +105,22 @@ pub enum ServerError {
 /// a tokeniser failure.
 pub fn load_pipelines(config: &Config) -> Result<Pipelines, ServerError> {
     let started = Instant::now();
-    let (shared, tenants) =
-        build_pipelines(config).inspect_err(|_| telemetry::lexicon_loaded(None))?;
-    telemetry::lexicon_loaded(Some(shared.matcher().entries().len()));
+    let pipelines = build_pipelines(config).inspect_err(|_| telemetry::lexicon_loaded(None))?;
+    let shared = pipelines.shared().matcher();
+    telemetry::lexicon_loaded(Some(shared.entries().len()));
     tracing::info!(
-        entries = shared.matcher().entries().len(),
-        patterns = shared.matcher().pattern_count(),
-        tenant_overlays = tenants.len(),
+        entries = shared.entries().len(),
+        patterns = shared.pattern_count(),
+        tenant_overlays = pipelines.tenant_count(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "lexicon loaded"
     );
-    Ok(Pipelines::new(shared, tenants))
+    Ok(pipelines)
 }
 
-/// The shared pipeline and the tenants' own.
-fn build_pipelines(
-    config: &Config,
-) -> Result<(Pipeline, std::collections::HashMap<String, Pipeline>), ServerError> {
+/// The shared pipeline and the tenants' own, without logging or metrics (a reload reports
+/// its own).
+pub(crate) fn build_pipelines(config: &Config) -> Result<Pipelines, ServerError> {
     let lexicon = Lexicon::load_dir(&config.lexicon_dir)?;
     let build = |overlay: &crate::config::LexiconOverlay| -> Result<Pipeline, ServerError> {
         let matcher =
@@ -136,7 +140,7 @@ fn build_pipelines(
         };
         tenants.insert(tenant.clone(), pipeline.masking_personal_data(policy.mask_personal_data));
     }
-    Ok((shared, tenants))
+    Ok(Pipelines::new(shared, tenants))
 }
 
 /// The shared pipeline alone, for tools that screen without a tenant (benches, `lexicon
@@ -208,7 +212,11 @@ pub async fn run_with_console(
     let pipelines = load_pipelines(&config)?;
     let token = CancellationToken::new();
     let tasks = TaskTracker::new();
-    let hub = alert_hub(&config, &tasks, &token).await?;
+    let mut hub = alert_hub(&config, &tasks, &token).await?;
+    if let Some(evidence) = &config.evidence_log {
+        hub = hub.with_evidence_log(EvidenceLog::open(evidence)?);
+        tracing::info!(path = %evidence.path.display(), fsync = ?evidence.fsync, "evidence log open");
+    }
     let callers: Box<dyn CallState> = match &config.redis {
         None => Box::new(CallerHistory::default()),
         Some(redis) => Box::new(RedisCallState::start(
@@ -218,12 +226,11 @@ pub async fn run_with_console(
         )),
     };
     let shared = Arc::new(Shared {
-        pipelines,
+        rules: LiveRules::new(Rules { pipelines, policy: config.policy.clone() }, config.clone()),
         hub,
         heartbeat_interval: config.heartbeat_interval,
         alert_ids: AlertIds::default(),
         callers,
-        policy: config.policy.clone(),
         live: crate::limits::LiveConversations::new(config.limits),
         subscribers: crate::limits::SubscriberSlots::new(config.limits),
         access: config.access.clone(),
@@ -234,6 +241,7 @@ pub async fn run_with_console(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ScreeningServiceServer<Screening>>().await;
     health.set_serving::<AlertServiceServer<Alerts>>().await;
+    health.set_serving::<AdminServiceServer<Admin>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -247,11 +255,15 @@ pub async fn run_with_console(
             tracing::info!("shutting down: health NOT_SERVING, draining streams");
             health.set_not_serving::<ScreeningServiceServer<Screening>>().await;
             health.set_not_serving::<AlertServiceServer<Alerts>>().await;
+            health.set_not_serving::<AdminServiceServer<Admin>>().await;
             token.cancel();
         }
     };
     tokio::spawn(drain);
 
+    if config.reload_on_sighup {
+        reload_on_sighup(&shared);
+    }
     if let Some(console) = console {
         let shared = Arc::clone(&shared);
         shared.tasks.clone().spawn(async move {
@@ -284,6 +296,10 @@ pub async fn run_with_console(
             AlertServiceServer::new(Alerts::new(Arc::clone(&shared)))
                 .max_decoding_message_size(max_message),
         )
+        .add_service(
+            AdminServiceServer::new(Admin::new(Arc::clone(&shared)))
+                .max_decoding_message_size(max_message),
+        )
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listener),
             token.clone().cancelled_owned(),
@@ -309,4 +325,42 @@ pub async fn run_with_console(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reloads the lexicons and policy on every SIGHUP until shutdown; a failed reload is logged
+/// (with every problem) and the rules in use stay.
+fn reload_on_sighup(shared: &Arc<Shared>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGHUP; reload by RPC only");
+                return;
+            }
+        };
+        let shared = Arc::clone(shared);
+        let token = shared.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => break,
+                    hangup = hangups.recv() => {
+                        if hangup.is_none() {
+                            break;
+                        }
+                        tracing::info!("SIGHUP: reloading the lexicons and policy");
+                        // The outcome is logged and counted inside `reload`.
+                        let _ = shared.rules.reload().await;
+                    }
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = shared;
+        tracing::warn!("no SIGHUP on this platform; reload by RPC only");
+    }
 }

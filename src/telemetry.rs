@@ -59,8 +59,18 @@ pub const REDIS_ERRORS_TOTAL: &str = "kasuhara_redis_errors_total";
 pub const LEXICON_ENTRIES: &str = "kasuhara_lexicon_entries";
 /// Lexicon loads, by `result` (ok|error).
 pub const LEXICON_LOADS_TOTAL: &str = "kasuhara_lexicon_loads_total";
+/// Lexicon and policy reloads, by `result` (ok|error).
+pub const LEXICON_RELOADS_TOTAL: &str = "kasuhara_lexicon_reloads_total";
+/// Time a reload took, from reading the files to the swap (or the failure).
+pub const LEXICON_RELOAD_SECONDS: &str = "kasuhara_lexicon_reload_duration_seconds";
+/// Evidence log records dropped: the writer was behind (channel full) or the disk failed.
+pub const EVIDENCE_DROPPED_TOTAL: &str = "kasuhara_evidence_dropped_total";
 /// Requests refused with an error status, by `grpc_status` (e.g. InvalidArgument).
 pub const REQUESTS_REJECTED_TOTAL: &str = "kasuhara_requests_rejected_total";
+
+/// Reload time bucket bounds in seconds: building the full lexicon's automata takes about a
+/// second, longer on a busy machine or with many tenant overlays.
+const RELOAD_BUCKETS: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// Histogram bucket bounds in seconds: a pipeline stage takes microseconds, a segment tens of
 /// microseconds; the upper buckets catch pathological inputs and a stalled runtime.
@@ -241,7 +251,13 @@ pub fn metrics_handle() -> Result<PrometheusHandle, TelemetryError> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
-    let handle = PrometheusBuilder::new().set_buckets(LATENCY_BUCKETS)?.install_recorder()?;
+    let handle = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(LEXICON_RELOAD_SECONDS.to_owned()),
+            RELOAD_BUCKETS,
+        )?
+        .install_recorder()?;
     describe_metrics();
     // A second caller racing here lost `install_recorder` above and returned its error, so
     // the cell is still empty or holds this same handle.
@@ -266,6 +282,9 @@ fn describe_metrics() {
     describe_counter!(ALERTS_DROPPED_TOTAL, "Events skipped by lagging supervisor streams.");
     describe_gauge!(LEXICON_ENTRIES, "Entries in the loaded lexicon.");
     describe_counter!(LEXICON_LOADS_TOTAL, "Lexicon loads, by result.");
+    describe_counter!(LEXICON_RELOADS_TOTAL, "Lexicon and policy reloads, by result.");
+    describe_histogram!(LEXICON_RELOAD_SECONDS, Unit::Seconds, "Time one reload took.");
+    describe_counter!(EVIDENCE_DROPPED_TOTAL, "Evidence log records dropped.");
     describe_counter!(REQUESTS_REJECTED_TOTAL, "Requests refused, by gRPC status.");
 }
 
@@ -498,6 +517,18 @@ pub fn lexicon_loaded(entries: Option<usize>) {
         }
         None => counter!(LEXICON_LOADS_TOTAL, "result" => "error").increment(1),
     }
+}
+
+/// Records a lexicon and policy reload: whether it was swapped in, and how long it took.
+pub fn lexicon_reloaded(ok: bool, elapsed: Duration) {
+    let result = if ok { "ok" } else { "error" };
+    counter!(LEXICON_RELOADS_TOTAL, "result" => result).increment(1);
+    histogram!(LEXICON_RELOAD_SECONDS).record(elapsed.as_secs_f64());
+}
+
+/// Counts an evidence log record that was not written.
+pub fn evidence_dropped() {
+    counter!(EVIDENCE_DROPPED_TOTAL).increment(1);
 }
 
 /// Counts a request refused with `code`.

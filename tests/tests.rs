@@ -11,6 +11,8 @@ mod api_doc;
 mod auth;
 /// The supervisor console over HTTP, and end to end in a headless Chromium.
 mod console;
+/// The evidence log through a real server, `audit verify` and `audit export`.
+mod evidence;
 /// Streaming conversations in and reading verdicts; ScreenText; bad input.
 mod ingest;
 /// Tenant isolation: every role of tenant A against every RPC and console endpoint of B.
@@ -25,6 +27,8 @@ mod ops;
 mod overlays;
 /// The dev corpus scored through gRPC, against quality floors.
 mod regression;
+/// Hot reload of lexicons and policy by RPC and SIGHUP while conversations stream.
+mod reload;
 /// Several nodes sharing Redis, as real processes: cross-node alerts, cursors, Redis restart.
 mod scaleout;
 /// Graceful shutdown with open streams.

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 
 use kasuhara_guard::config::{self, Config, LogFormat, MetricsAddr, Overrides, Settings};
 use kasuhara_guard::conversation::check_text;
+use kasuhara_guard::evidence::{self, EvidenceLogConfig, FsyncPolicy};
 use kasuhara_guard::pipeline::Detection;
 use kasuhara_guard::{client, eval, loadgen, server, shutdown, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -82,6 +83,14 @@ struct ServeArgs {
     /// Silence after which a supervisor stream gets a heartbeat (e.g. 15s).
     #[arg(long, env = "KASUHARA_HEARTBEAT_INTERVAL", default_value = "15s", value_parser = config::parse_duration)]
     heartbeat_interval: Duration,
+    /// Append alerts and acknowledgements to this hash-chained evidence log (JSON Lines);
+    /// off when absent. Check it with `audit verify`.
+    #[arg(long, env = "KASUHARA_EVIDENCE_LOG", value_name = "FILE")]
+    evidence_log: Option<PathBuf>,
+    /// When the evidence log is forced to disk: always, never, or an interval like 1s
+    /// [default: always].
+    #[arg(long, env = "KASUHARA_EVIDENCE_FSYNC", value_name = "POLICY")]
+    evidence_fsync: Option<FsyncPolicy>,
     #[command(flatten)]
     lexicon: LexiconArgs,
 }
@@ -146,6 +155,21 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Ask a running server to reload its lexicons and policy file (as SIGHUP does); print
+    /// what it loaded and how long it took, or every problem with file:line (exit 1).
+    Reload {
+        /// The server, e.g. http://127.0.0.1:50051 [default: the configured address].
+        #[arg(long, value_name = "URL")]
+        addr: Option<String>,
+        /// An admin bearer token, when the server has authentication on.
+        #[arg(long, env = "KASUHARA_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Evidence log tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -163,6 +187,28 @@ enum TokenCommand {
         /// A tenant the token acts for; repeat for several, "*" for every tenant.
         #[arg(long = "tenant", required = true)]
         tenants: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check an evidence log's hash chain: exit 0 and print the record count and last hash
+    /// when intact, exit 1 naming the first bad record (line and why) when not.
+    Verify {
+        /// The evidence log (JSON Lines).
+        file: PathBuf,
+    },
+    /// Write an incident report (Markdown) for one conversation: timeline, quoted evidence
+    /// with its policy items, acknowledgements, and the chain check result.
+    Export {
+        /// The conversation id.
+        #[arg(long)]
+        conversation: String,
+        /// Write the report here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The evidence log (JSON Lines).
+        file: PathBuf,
     },
 }
 
@@ -254,9 +300,11 @@ impl Cli {
             Command::Screen { lexicon, .. }
             | Command::Eval { lexicon, .. }
             | Command::Lexicon { command: LexiconCommand::Check { lexicon, .. } } => lexicon,
-            Command::Health { .. } | Command::Loadgen(_) | Command::Token { .. } => {
-                &LexiconArgs::default()
-            }
+            Command::Health { .. }
+            | Command::Loadgen(_)
+            | Command::Token { .. }
+            | Command::Audit { .. }
+            | Command::Reload { .. } => &LexiconArgs::default(),
         };
         if let Command::Config { command: ConfigCommand::Check { file: Some(file), .. } } =
             &self.command
@@ -307,9 +355,16 @@ fn main() -> ExitCode {
     }
 }
 
-async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+async fn dispatch(command: Command, mut settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(args) => serve(settings, args.console_addr, args.heartbeat_interval).await,
+        Command::Serve(mut args) => {
+            apply_serve_only_flags(&mut args, &mut settings);
+            serve(settings, args.console_addr, args.heartbeat_interval).await
+        }
+        Command::Audit { command: AuditCommand::Verify { file } } => audit_verify(&file),
+        Command::Audit { command: AuditCommand::Export { conversation, output, file } } => {
+            audit_export(&file, &conversation, output.as_deref())
+        }
         Command::Screen { input, .. } => screen(input, settings.server),
         Command::Lexicon { command: LexiconCommand::Check { explain, .. } } => {
             lexicon_check(settings.server, &explain)
@@ -319,14 +374,10 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
         }
         Command::Config { command: ConfigCommand::Check { .. } } => config_check(&settings),
         Command::Health { addr, service, timeout } => {
-            let endpoint = addr.unwrap_or_else(|| {
-                let mut local = settings.addr;
-                if local.ip().is_unspecified() {
-                    local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-                }
-                format!("http://{local}")
-            });
-            health(&endpoint, service, timeout).await
+            health(&addr.unwrap_or_else(|| local_endpoint(&settings)), service, timeout).await
+        }
+        Command::Reload { addr, token } => {
+            reload(&addr.unwrap_or_else(|| local_endpoint(&settings)), token.as_deref()).await
         }
         Command::Loadgen(args) => run_loadgen(args).await,
         Command::Token { command: TokenCommand::New { name, role, tenants } } => {
@@ -352,8 +403,8 @@ fn token_new(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `serve`: the gRPC service until SIGTERM/SIGINT, the metrics endpoint beside it, and the
-/// supervisor console when asked for.
+/// `serve`: the gRPC service until SIGTERM/SIGINT (reloading the lexicons and policy on
+/// SIGHUP), the metrics endpoint beside it, and the supervisor console when asked for.
 async fn serve(
     mut settings: Settings,
     console_addr: Option<SocketAddr>,
@@ -361,6 +412,7 @@ async fn serve(
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(!heartbeat_interval.is_zero(), "--heartbeat-interval must be positive");
     settings.server.heartbeat_interval = heartbeat_interval;
+    settings.server.reload_on_sighup = true;
     let listener = TcpListener::bind(settings.addr)
         .await
         .with_context(|| format!("cannot listen on {}", settings.addr))?;
@@ -393,6 +445,51 @@ async fn serve(
     }
 }
 
+/// The serve flags that only `serve` reads: the evidence log, over the config file's
+/// `[evidence_log]`.
+fn apply_serve_only_flags(args: &mut ServeArgs, settings: &mut Settings) {
+    let from_file = settings.server.evidence_log.take();
+    let fsync = args.evidence_fsync.or(from_file.as_ref().map(|c| c.fsync)).unwrap_or_default();
+    let path = args.evidence_log.take().or(from_file.map(|c| c.path));
+    settings.server.evidence_log = path.map(|path| EvidenceLogConfig { path, fsync });
+}
+
+/// `audit verify`: 0 when the chain is intact, 1 naming the first bad record.
+fn audit_verify(file: &Path) -> anyhow::Result<ExitCode> {
+    match evidence::verify_file(file) {
+        Ok(verified) => {
+            println!(
+                "ok: {}: {} records, chain intact; last hash {}",
+                file.display(),
+                verified.records,
+                verified.last_hash
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(broken) => {
+            println!("BROKEN: {}: {broken}", file.display());
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `audit export`: the incident report for one conversation, on stdout or to a file.
+fn audit_export(
+    file: &Path,
+    conversation: &str,
+    output: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let report = evidence::export(&text, &file.display().to_string(), conversation);
+    match output {
+        Some(path) => std::fs::write(path, report)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+        None => print!("{report}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `config check`: the settings resolved (errors already reported by `main`), the lexicon
 /// loaded as `serve` would, then the effective configuration printed.
 fn config_check(settings: &Settings) -> anyhow::Result<ExitCode> {
@@ -414,6 +511,59 @@ fn config_check(settings: &Settings) -> anyhow::Result<ExitCode> {
 }
 
 /// `health`: one `grpc.health.v1.Health/Check` call.
+/// The configured address as a URL, with 0.0.0.0 read as 127.0.0.1.
+fn local_endpoint(settings: &Settings) -> String {
+    let mut local = settings.addr;
+    if local.ip().is_unspecified() {
+        local.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{local}")
+}
+
+/// `reload`: `AdminService.ReloadLexicons` on a running server.
+async fn reload(endpoint: &str, token: Option<&str>) -> anyhow::Result<ExitCode> {
+    use kasuhara_guard::pb::{ReloadLexiconsRequest, admin_service_client::AdminServiceClient};
+    use tonic_types::StatusExt;
+
+    let mut client = AdminServiceClient::connect(endpoint.to_owned())
+        .await
+        .with_context(|| format!("cannot connect to {endpoint}"))?;
+    let mut request = tonic::Request::new(ReloadLexiconsRequest {});
+    if let Some(token) = token {
+        let value = format!("Bearer {token}").parse().context("the token is not a header value")?;
+        request.metadata_mut().insert("authorization", value);
+    }
+    match client.reload_lexicons(request).await {
+        Ok(response) => {
+            let r = response.into_inner();
+            let elapsed = r.elapsed.map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9);
+            println!(
+                "reloaded (generation {}): {} entries, {} context rules, {} patterns, {} tenant \
+                 pipelines, {} tenant policies in {:.3} s",
+                r.generation,
+                r.entries,
+                r.context_rules,
+                r.patterns,
+                r.tenant_pipelines,
+                r.tenant_policies,
+                elapsed
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+            eprintln!("reload refused; the server keeps its rules:");
+            let details = status.get_error_details();
+            for v in
+                details.precondition_failure().map(|p| p.violations.as_slice()).unwrap_or_default()
+            {
+                eprintln!("  {} {}: {}", v.r#type, v.subject, v.description);
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Err(status) => Err(status).with_context(|| format!("reload on {endpoint} failed")),
+    }
+}
+
 async fn health(endpoint: &str, service: String, timeout: Duration) -> anyhow::Result<ExitCode> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;

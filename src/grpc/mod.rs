@@ -1,6 +1,7 @@
 //! The gRPC edge: thin tonic services that turn protobuf into domain types and back, validate
 //! requests and map errors to statuses. No screening logic lives here.
 
+pub mod admin;
 pub mod alerts;
 pub mod screening;
 

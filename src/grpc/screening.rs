@@ -82,8 +82,13 @@ impl ScreeningService for Screening {
         if speaker == Speaker::Agent {
             return Ok(Response::new(pb::ScreenTextResponse { alerts: Vec::new() }));
         }
-        let detections =
-            self.shared.pipelines.for_tenant(&request.tenant_id).screen(&request.text)?;
+        let detections = self
+            .shared
+            .rules
+            .current()
+            .pipelines
+            .for_tenant(&request.tenant_id)
+            .screen(&request.text)?;
         let created_at = SystemTime::now();
         let alerts = detections
             .into_iter()
@@ -142,7 +147,7 @@ async fn run_conversation(
                 info.validate()?;
                 caller.check(Role::Producer, &info.tenant_id)?;
                 let admitted = shared.live.open(&info.tenant_id, &info.conversation_id)?;
-                let policy = shared.policy.for_tenant(&info.tenant_id).clone();
+                let policy = shared.rules.current().policy.for_tenant(&info.tenant_id).clone();
                 // With Redis: what other nodes know of the customer, and this conversation's
                 // snapshot if it was started on another node (at most one Redis timeout).
                 let snapshot = shared.callers.prepare(&info, policy.repeat_window).await;
@@ -173,11 +178,6 @@ async fn run_conversation(
         tenant_id = %info.tenant_id,
         queue = %info.queue,
     );
-    let services = Services {
-        pipeline: shared.pipelines.for_tenant(&info.tenant_id),
-        ids: &shared.alert_ids,
-        callers: shared.callers.as_ref(),
-    };
     async move {
         tracing::debug!("conversation started");
         let idle_timeout = conversation.policy().idle_timeout;
@@ -202,7 +202,16 @@ async fn run_conversation(
                         start_ms: segment.start_ms,
                         end_ms: segment.end_ms,
                     };
+                    // The rules are loaded once per segment, so a reload takes effect at the
+                    // next segment of every open conversation (crate::reload).
+                    let rules = shared.rules.current();
+                    let services = Services {
+                        pipeline: rules.pipelines.for_tenant(&conversation.info().tenant_id),
+                        ids: &shared.alert_ids,
+                        callers: shared.callers.as_ref(),
+                    };
                     let outcome = conversation.screen(services, &segment)?;
+                    drop(rules);
                     if !send_outcome(shared, tx, segment.seq, outcome).await {
                         return Ok(()); // the client left
                     }

@@ -258,6 +258,11 @@ impl Pipelines {
     pub fn shared(&self) -> &Pipeline {
         &self.shared
     }
+
+    /// How many tenants have a pipeline of their own.
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
+    }
 }
 
 /// One lexicon hit with its evidence, before grouping by category.
