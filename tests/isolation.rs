@@ -2,6 +2,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use kasuhara_guard::auth::Role;
+use kasuhara_guard::pb::admin_service_client::AdminServiceClient;
 use kasuhara_guard::pb::{self, alert_event::Kind as Event, screen_request::Kind};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -297,6 +298,20 @@ async fn tenant_a_never_reaches_tenant_b() {
     let mut screening = server.screening().await;
     let result = screening.screen_text(bearer(tokens.get("a-supervisor"), text.clone())).await;
     cases.code("supervisor ScreenText A", result, Code::PermissionDenied);
+    // The admin RPC: only the admin role, and never without a token.
+    let mut admin = AdminServiceClient::connect(server.endpoint()).await.expect("admin client");
+    for name in ["a-producer", "a-supervisor"] {
+        let result =
+            admin.reload_lexicons(bearer(tokens.get(name), pb::ReloadLexiconsRequest {})).await;
+        cases.code(&format!("{name} ReloadLexicons"), result, Code::PermissionDenied);
+    }
+    for (what, token) in [("no token", None), ("wrong token", Some("kg_not-a-token"))] {
+        let result = admin.reload_lexicons(with_token(token, pb::ReloadLexiconsRequest {})).await;
+        cases.code(&format!("{what} ReloadLexicons"), result, Code::Unauthenticated);
+    }
+    let reloaded =
+        admin.reload_lexicons(bearer(tokens.get("a-admin"), pb::ReloadLexiconsRequest {})).await;
+    assert!(reloaded.is_ok(), "help: the admin token may reload: {reloaded:?}");
 
     // No token, or a wrong one, on every RPC.
     for (what, token) in [("no token", None), ("wrong token", Some("kg_not-a-token"))] {
@@ -429,10 +444,10 @@ async fn tenant_a_never_reaches_tenant_b() {
     assert_eq!(leaks, 0, "help: B's events reached A");
     assert!(a_events >= a_watchers.len(), "help: every A stream read up to the marker");
     // Per A token: 2 produce, 7 subscribe filters, one ack per B alert, 1 stats; then 2
-    // NOT_FOUND acks, 5 wrong roles, 2 x 5 unauthenticated RPCs, 3 x 8 console refusals, 1
-    // producer on the console and 2 x 3 unauthenticated console calls. A loop that silently
-    // ran short would change the count.
-    let expected = 3 * (2 + 7 + b_alerts.len() + 1) + 2 + 5 + 10 + 24 + 1 + 6;
+    // NOT_FOUND acks, 5 wrong roles, 2 refused and 2 unauthenticated reloads, 2 x 5
+    // unauthenticated RPCs, 3 x 8 console refusals, 1 producer on the console and 2 x 3
+    // unauthenticated console calls. A loop that silently ran short would change the count.
+    let expected = 3 * (2 + 7 + b_alerts.len() + 1) + 2 + 5 + 4 + 10 + 24 + 1 + 6;
     assert_eq!(cases.run, expected, "help: the suite ran short");
     server.stop().await.expect("clean stop");
 }
