@@ -234,7 +234,9 @@ async fn reconnects_with_cursor_receive_every_alert_once() {
 
     let mut received: HashMap<String, usize> = HashMap::new();
     let mut summaries: HashMap<String, usize> = HashMap::new();
-    let mut cursor = String::new();
+    // "0" is the oldest event: the producer may publish before the first subscription opens,
+    // and an empty cursor (live only) would then miss what came before it.
+    let mut cursor = String::from("0");
     let mut order = Vec::new();
     let mut take = |event: pb::AlertEvent, cursor: &mut String| {
         match event.kind {
