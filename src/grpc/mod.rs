@@ -2,6 +2,7 @@
 //! requests and map errors to statuses. No screening logic lives here.
 
 pub mod alerts;
+pub mod codec;
 pub mod screening;
 
 use std::time::SystemTime;
