@@ -618,6 +618,9 @@ struct Compiler<'a> {
     /// lexicon repeats a few thousand base forms across its entries, and tokenising each
     /// again was most of its build time.
     aliases: HashMap<(String, String), Option<String>>,
+    /// IPADIC word id → (key, base form, part of speech, folded reading): reading a word's
+    /// details again for each of the many patterns that use it was the rest.
+    known_words: HashMap<u32, (String, String, String, String)>,
 }
 
 /// A tokenised alternative waiting for its ids.
@@ -635,6 +638,7 @@ impl<'a> Compiler<'a> {
             patterns: Vec::new(),
             index: HashMap::new(),
             aliases: HashMap::new(),
+            known_words: HashMap::new(),
         }
     }
 
@@ -693,14 +697,21 @@ impl<'a> Compiler<'a> {
         let tokenise_error = |source| DictionaryError::Tokenise { origin: origin.clone(), source };
         // (key, base form, part of speech, reading) per word.
         let mut raw: Vec<(String, String, String, String)> = Vec::new();
+        let known = &mut self.known_words;
         self.segmenter
-            .for_each_word(normalized.as_str(), |w| {
-                raw.push((
-                    lemma_key(w.base_form, w.part_of_speech),
-                    w.base_form.to_owned(),
-                    w.part_of_speech.to_owned(),
-                    fold_kana(w.reading).into_owned(),
-                ));
+            .for_each_token(normalized.as_str(), |token| {
+                let describe = |w: Word<'_>| {
+                    (
+                        lemma_key(w.base_form, w.part_of_speech),
+                        w.base_form.to_owned(),
+                        w.part_of_speech.to_owned(),
+                        fold_kana(w.reading).into_owned(),
+                    )
+                };
+                raw.push(match token.id() {
+                    Some(id) => known.entry(id).or_insert_with(|| describe(token.word())).clone(),
+                    None => describe(token.word()),
+                });
             })
             .map_err(tokenise_error)?;
         if raw.is_empty() {
