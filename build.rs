@@ -64,6 +64,8 @@ fn compile_protos(out_dir: &Path) {
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&descriptors))
         .expect("write descriptor set");
     tonic_prost_build::configure()
+        // Prost's codec with smaller per-call buffers (an idle stream's largest cost).
+        .codec_path("crate::grpc::codec::SmallBufferCodec")
         .compile_fds(descriptors)
         .expect("generate Rust code from the descriptors");
 }

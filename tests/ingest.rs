@@ -98,6 +98,41 @@ async fn stream_gets_a_verdict_per_segment() {
 }
 
 /// ScreenText flags abuse and a kneeling demand, and stays silent on trap words.
+/// A long segment is screened off the worker thread (`block_in_place`, which only a
+/// multi-thread runtime has, as in `serve`): its verdict still comes in order, with its alert,
+/// between the short segments' verdicts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_segment_is_screened_off_the_worker() {
+    let server = start_server(shipped_config()).await;
+    let mut client = server.screening().await;
+    let long = format!("{}おいてめえぶっ殺すぞ", "テレビが映らないんですけど".repeat(8));
+    assert!(long.len() >= 256, "help: the text must be long enough to leave the worker");
+    let requests = vec![
+        start("conv-long"),
+        segment(1, pb::Speaker::Customer, "テレビが映らないんですけど", true),
+        segment(2, pb::Speaker::Customer, &long, true),
+        segment(3, pb::Speaker::Customer, "早く直してください", true),
+        pb::ScreenRequest { kind: Some(Kind::End(pb::ConversationEnd {})) },
+    ];
+    let mut responses =
+        client.screen(tokio_stream::iter(requests)).await.expect("screen").into_inner();
+    let mut verdicts = Vec::new();
+    while let Some(r) = responses.next().await {
+        if let Some(pb::screen_response::Kind::Verdict(v)) = r.expect("response").kind {
+            verdicts.push(v);
+        }
+    }
+    assert_eq!(verdicts.iter().map(|v| v.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(verdicts[0].alerts.is_empty() && verdicts[2].alerts.is_empty());
+    let attack = verdicts[1]
+        .alerts
+        .iter()
+        .find(|a| a.category == pb::Category::Attack as i32)
+        .expect("ATTACK alert in the long segment");
+    assert_eq!(attack.severity, pb::Severity::Critical as i32);
+    server.stop().await.expect("clean stop");
+}
+
 #[tokio::test]
 async fn screen_text_abusive_and_benign() {
     let server = start_server(shipped_config()).await;

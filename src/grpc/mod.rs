@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod codec;
 pub mod screening;
 
 use std::time::SystemTime;

@@ -27,6 +27,18 @@ use crate::telemetry::{self, ConversationGauge, SegmentTimer};
 /// purpose: a client that stops reading should slow only its own stream.
 const VERDICT_BUFFER: usize = 32;
 
+/// What a stream's task sends its client. Boxed because tokio's channel allocates its first
+/// block of 32 slots when it is created: 32 unboxed responses (a `Status` and an alert inline)
+/// would cost every idle stream several KiB; 32 boxes cost 256 bytes.
+type VerdictSender = mpsc::Sender<Box<Result<pb::ScreenResponse, Status>>>;
+
+/// Segments at least this long (UTF-8 bytes) are screened with the worker thread handed off
+/// (`block_in_place`): a long utterance takes a few hundred microseconds to screen, past the
+/// ~100 µs a task should run between awaits, and the other streams on that worker would wait.
+/// Shorter ones (most chat lines and ASR finals) run inline, where the hand-off would cost
+/// more than it saves.
+const OFF_WORKER_BYTES: usize = 256;
+
 /// The `ScreeningService` implementation.
 #[derive(Debug, Clone)]
 pub struct Screening {
@@ -53,7 +65,7 @@ impl ScreeningService for Screening {
         // The tenant arrives with ConversationStart; it is checked against this caller there.
         let caller = auth::authorize(&request, Role::Producer, "")?;
         let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(VERDICT_BUFFER);
+        let (tx, rx): (VerdictSender, _) = mpsc::channel(VERDICT_BUFFER);
         let shared = Arc::clone(&self.shared);
         let token = shared.shutdown.clone();
         self.shared.tasks.spawn(async move {
@@ -63,10 +75,10 @@ impl ScreeningService for Screening {
             };
             if let Err(status) = outcome {
                 // A failed send means the client has gone; nothing more to tell it.
-                let _ = tx.send(Err(status)).await;
+                let _ = tx.send(Box::new(Err(status))).await;
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|response| *response))))
     }
 
     async fn screen_text(
@@ -121,7 +133,7 @@ async fn run_conversation(
     shared: &Shared,
     caller: &Principal,
     mut inbound: Streaming<pb::ScreenRequest>,
-    tx: &mpsc::Sender<Result<pb::ScreenResponse, Status>>,
+    tx: &VerdictSender,
 ) -> Result<(), Status> {
     use pb::screen_request::Kind;
 
@@ -210,7 +222,11 @@ async fn run_conversation(
                         ids: &shared.alert_ids,
                         callers: shared.callers.as_ref(),
                     };
-                    let outcome = conversation.screen(services, &segment)?;
+                    let outcome = if segment.text.len() >= OFF_WORKER_BYTES {
+                        off_worker(|| conversation.screen(services, &segment))?
+                    } else {
+                        conversation.screen(services, &segment)?
+                    };
                     drop(rules);
                     if !send_outcome(shared, tx, segment.seq, outcome).await {
                         return Ok(()); // the client left
@@ -237,12 +253,15 @@ async fn run_conversation(
             telemetry::alert_raised(&alert);
             shared.hub.publish(HubEvent::Update(Arc::clone(&alert), last_seq));
             let update = pb::AlertUpdate { alert: Some(alert_to_pb(&alert)), seq: last_seq };
-            let _ = tx.send(Ok(response(pb::screen_response::Kind::Update(update)))).await;
+            let _ =
+                tx.send(Box::new(Ok(response(pb::screen_response::Kind::Update(update))))).await;
         }
         let summary = Arc::new(summary);
         shared.hub.publish(HubEvent::Summary(Arc::clone(&summary)));
         let _ = tx
-            .send(Ok(response(pb::screen_response::Kind::Summary(summary_to_pb(&summary)))))
+            .send(Box::new(Ok(response(pb::screen_response::Kind::Summary(summary_to_pb(
+                &summary,
+            ))))))
             .await;
         open.close(reason);
         tracing::debug!(reason, "conversation ended");
@@ -250,6 +269,16 @@ async fn run_conversation(
     }
     .instrument(span)
     .await
+}
+
+/// Runs `work` with this worker thread's other tasks handed to another thread first, so they
+/// are not held up; inline on a current-thread runtime (in-process tests), which cannot.
+fn off_worker<R>(work: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
 }
 
 fn response(kind: pb::screen_response::Kind) -> pb::ScreenResponse {
@@ -260,7 +289,7 @@ fn response(kind: pb::screen_response::Kind) -> pb::ScreenResponse {
 /// producer; false when the producer has gone.
 async fn send_outcome(
     shared: &Shared,
-    tx: &mpsc::Sender<Result<pb::ScreenResponse, Status>>,
+    tx: &VerdictSender,
     seq: u64,
     outcome: SegmentOutcome,
 ) -> bool {
@@ -281,12 +310,13 @@ async fn send_outcome(
         alerts: outcome.alerts.iter().map(|a| alert_to_pb(a)).collect(),
         provisional_alerts: outcome.provisional.iter().map(|a| alert_to_pb(a)).collect(),
     };
-    if tx.send(Ok(response(pb::screen_response::Kind::Verdict(verdict)))).await.is_err() {
+    if tx.send(Box::new(Ok(response(pb::screen_response::Kind::Verdict(verdict))))).await.is_err() {
         return false;
     }
     for alert in outcome.updates {
         let update = pb::AlertUpdate { alert: Some(alert_to_pb(&alert)), seq };
-        if tx.send(Ok(response(pb::screen_response::Kind::Update(update)))).await.is_err() {
+        if tx.send(Box::new(Ok(response(pb::screen_response::Kind::Update(update))))).await.is_err()
+        {
             return false;
         }
     }

@@ -30,16 +30,18 @@
 //! Patterns go through the very same `normalize` and tokeniser as live text, so a lexicon
 //! author writes natural Japanese and it matches the way customers speak it.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 
 use crate::dictionary::{DictionaryError, Entry, Join, Lexicon, Origin, Pattern, RuleKind};
 use crate::pipeline::normalize::{fold_kana, normalize};
-use crate::pipeline::segment::{JapaneseSegmenter, SegmentError, Word};
+use crate::pipeline::segment::{DictionaryWord, JapaneseSegmenter, SegmentError, Word};
 use crate::policy::Severity;
 use crate::telemetry::Stage;
 
@@ -112,6 +114,8 @@ pub struct Matcher {
 
 #[derive(Debug)]
 struct Inner {
+    /// Tells this matcher's entries apart in the per-thread [`WORD_CACHE`].
+    id: u64,
     automaton: AhoCorasick,
     /// `targets[pattern id]`: every (owner, piece) that this pattern string stands for,
     /// sorted by piece.
@@ -133,16 +137,93 @@ impl Layers {
     fn push(&mut self, vocabulary: &HashMap<String, u32>, w: &Word<'_>) {
         let key = lemma_key(w.base_form, w.part_of_speech);
         let id = vocabulary.get(&key).copied().unwrap_or(0);
-        self.lemmas.push(lemma_char(id));
+        self.push_encoded(
+            w.range.clone(),
+            lemma_char(id),
+            &fold_kana(w.reading),
+            w.part_of_speech == "助詞",
+            w.unknown,
+        );
+    }
+
+    /// Pushes a dictionary word, from the per-thread cache when this matcher has seen its id
+    /// on this thread before; returns whether it is a guessed kana run. Reading a word's
+    /// details and keying its base form cost more than the rest of matching it, and a few
+    /// thousand distinct words make up most speech.
+    fn push_token(&mut self, inner: &Inner, token: &mut DictionaryWord<'_, '_>) -> bool {
+        let Some(word_id) = token.id() else {
+            let w = token.word();
+            self.push(&inner.vocabulary, &w);
+            return w.is_guessed_kana_run();
+        };
+        WORD_CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.len() >= WORD_CACHE_WORDS {
+                cache.clear(); // bounded: old matchers' words and rare words go together
+            }
+            let cached = cache.entry((inner.id, word_id)).or_insert_with(|| {
+                let w = token.word();
+                let id = inner.vocabulary.get(&lemma_key(w.base_form, w.part_of_speech));
+                CachedWord {
+                    lemma: lemma_char(id.copied().unwrap_or(0)),
+                    reading: fold_kana(w.reading).into(),
+                    function_word: w.part_of_speech == "助詞",
+                    unknown: w.unknown,
+                    guessed_kana_run: w.is_guessed_kana_run(),
+                }
+            });
+            self.push_encoded(
+                token.range(),
+                cached.lemma,
+                &cached.reading,
+                cached.function_word,
+                cached.unknown,
+            );
+            cached.guessed_kana_run
+        })
+    }
+
+    fn push_encoded(
+        &mut self,
+        bytes: Range<usize>,
+        lemma: char,
+        reading: &str,
+        function_word: bool,
+        unknown: bool,
+    ) {
+        self.lemmas.push(lemma);
         let start = self.readings.len();
-        self.readings.push_str(&fold_kana(w.reading));
+        self.readings.push_str(reading);
         self.tokens.push(Token {
-            bytes: w.range.clone(),
+            bytes,
             reading: start..self.readings.len(),
-            function_word: w.part_of_speech == "助詞",
-            unknown: w.unknown,
+            function_word,
+            unknown,
         });
     }
+}
+
+/// What matching needs of one dictionary word, derived once per thread and matcher.
+#[derive(Debug)]
+struct CachedWord {
+    lemma: char,
+    reading: Box<str>,
+    function_word: bool,
+    unknown: bool,
+    guessed_kana_run: bool,
+}
+
+/// Words cached per thread before the cache starts over: about 3 MB at most, and far more
+/// distinct words than a contact centre's speech uses between reloads.
+const WORD_CACHE_WORDS: usize = 1 << 16;
+
+/// Gives each built matcher its own key space in [`WORD_CACHE`].
+static NEXT_MATCHER_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// (matcher id, IPADIC word id) → the word as that matcher encodes it. Per thread, so
+    /// the screening path takes no lock.
+    static WORD_CACHE: RefCell<HashMap<(u64, u32), CachedWord>> = RefCell::new(HashMap::new());
 }
 
 /// One token of the text being matched, reduced to what matching needs.
@@ -192,7 +273,14 @@ impl Matcher {
             .build(&strings)
             .map_err(DictionaryError::Build)?;
         Ok(Matcher {
-            inner: Arc::new(Inner { automaton, targets, vocabulary, lexicon, segmenter }),
+            inner: Arc::new(Inner {
+                id: NEXT_MATCHER_ID.fetch_add(1, Ordering::Relaxed),
+                automaton,
+                targets,
+                vocabulary,
+                lexicon,
+                segmenter,
+            }),
         })
     }
 
@@ -226,9 +314,8 @@ impl Matcher {
         let mut layers = Layers::default();
         let mut guessed = false;
         let tokenizing = Instant::now();
-        segmenter.for_each_word(normalized, |w: Word<'_>| {
-            guessed |= w.is_guessed_kana_run();
-            layers.push(&self.inner.vocabulary, &w);
+        segmenter.for_each_token(normalized, |token| {
+            guessed |= layers.push_token(&self.inner, token);
         })?;
         Stage::Tokenize.record(tokenizing);
         let matching = Instant::now();
@@ -527,6 +614,13 @@ struct Compiler<'a> {
     slots: HashMap<String, usize>,
     patterns: Vec<(String, Vec<Target>)>,
     index: HashMap<String, usize>,
+    /// (base form, part of speech) → vocabulary key of the base form's own reading. A large
+    /// lexicon repeats a few thousand base forms across its entries, and tokenising each
+    /// again was most of its build time.
+    aliases: HashMap<(String, String), Option<String>>,
+    /// IPADIC word id → (key, base form, part of speech, folded reading): reading a word's
+    /// details again for each of the many patterns that use it was the rest.
+    known_words: HashMap<u32, (String, String, String, String)>,
 }
 
 /// A tokenised alternative waiting for its ids.
@@ -543,6 +637,8 @@ impl<'a> Compiler<'a> {
             slots: HashMap::new(),
             patterns: Vec::new(),
             index: HashMap::new(),
+            aliases: HashMap::new(),
+            known_words: HashMap::new(),
         }
     }
 
@@ -596,19 +692,26 @@ impl<'a> Compiler<'a> {
         Ok(())
     }
 
-    fn words(&self, text: &str, origin: &Origin) -> Result<Vec<PatternWord>, DictionaryError> {
+    fn words(&mut self, text: &str, origin: &Origin) -> Result<Vec<PatternWord>, DictionaryError> {
         let normalized = normalize(text);
         let tokenise_error = |source| DictionaryError::Tokenise { origin: origin.clone(), source };
         // (key, base form, part of speech, reading) per word.
         let mut raw: Vec<(String, String, String, String)> = Vec::new();
+        let known = &mut self.known_words;
         self.segmenter
-            .for_each_word(normalized.as_str(), |w| {
-                raw.push((
-                    lemma_key(w.base_form, w.part_of_speech),
-                    w.base_form.to_owned(),
-                    w.part_of_speech.to_owned(),
-                    fold_kana(w.reading).into_owned(),
-                ));
+            .for_each_token(normalized.as_str(), |token| {
+                let describe = |w: Word<'_>| {
+                    (
+                        lemma_key(w.base_form, w.part_of_speech),
+                        w.base_form.to_owned(),
+                        w.part_of_speech.to_owned(),
+                        fold_kana(w.reading).into_owned(),
+                    )
+                };
+                raw.push(match token.id() {
+                    Some(id) => known.entry(id).or_insert_with(|| describe(token.word())).clone(),
+                    None => describe(token.word()),
+                });
             })
             .map_err(tokenise_error)?;
         if raw.is_empty() {
@@ -619,19 +722,30 @@ impl<'a> Compiler<'a> {
         }
         let mut words = Vec::with_capacity(raw.len());
         for (key, base, pos, reading) in raw {
-            // The reading of the base form itself (殺す → ころす), read by tokenising it alone.
-            let mut alias = None;
-            let mut count = 0;
-            self.segmenter
-                .for_each_word(&base, |w| {
-                    count += 1;
-                    alias = Some(lemma_key(&fold_kana(w.reading), &pos));
-                })
-                .map_err(tokenise_error)?;
-            let alias = alias.filter(|a| count == 1 && *a != key);
+            let alias = match self.aliases.get(&(base.clone(), pos.clone())) {
+                Some(alias) => alias.clone(),
+                None => {
+                    let alias = self.base_form_reading(&base, &pos).map_err(tokenise_error)?;
+                    self.aliases.insert((base, pos), alias.clone());
+                    alias
+                }
+            };
+            let alias = alias.filter(|a| *a != key);
             words.push(PatternWord { key, alias, reading });
         }
         Ok(words)
+    }
+
+    /// The vocabulary key of the reading of the base form itself (殺す → ころす), read by
+    /// tokenising it alone; `None` unless it is one word.
+    fn base_form_reading(&self, base: &str, pos: &str) -> Result<Option<String>, SegmentError> {
+        let mut alias = None;
+        let mut count = 0;
+        self.segmenter.for_each_word(base, |w| {
+            count += 1;
+            alias = Some(lemma_key(&fold_kana(w.reading), pos));
+        })?;
+        Ok(alias.filter(|_| count == 1))
     }
 
     /// Assigns final ids: one per union-find root, 1-based (0 is "not in any pattern").

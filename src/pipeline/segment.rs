@@ -69,6 +69,45 @@ impl Word<'_> {
 #[error("tokeniser failed: {0}")]
 pub struct SegmentError(String);
 
+/// One word found by [`JapaneseSegmenter::for_each_token`], its details not yet read.
+pub struct DictionaryWord<'t, 'a> {
+    range: Range<usize>,
+    text: &'t str,
+    token: lindera::token::Token<'a>,
+}
+
+impl DictionaryWord<'_, '_> {
+    /// Byte range of the word in the segmented text.
+    pub fn range(&self) -> Range<usize> {
+        self.range.clone()
+    }
+
+    /// The word's IPADIC entry, `None` for unknown words. One id always has the same surface,
+    /// base form, reading and part of speech, so what a caller derives from them can be
+    /// cached under it.
+    pub fn id(&self) -> Option<u32> {
+        (!self.token.word_id.is_unknown()).then(|| self.token.word_id.id())
+    }
+
+    /// The word with its details (reads them from the dictionary).
+    pub fn word(&mut self) -> Word<'_> {
+        let surface = &self.text[self.range.clone()];
+        let details = self.token.details();
+        let pick = |i: usize| match details.get(i) {
+            Some(&d) if has_detail(Some(&d)) => d,
+            _ => surface,
+        };
+        Word {
+            range: self.range.clone(),
+            surface,
+            base_form: pick(DETAIL_BASE_FORM),
+            reading: pick(DETAIL_READING),
+            part_of_speech: details.get(DETAIL_POS).copied().unwrap_or(""),
+            unknown: !has_detail(details.get(DETAIL_READING)),
+        }
+    }
+}
+
 /// The Japanese tokeniser: lindera in normal mode over the embedded IPADIC.
 #[derive(Clone)]
 pub struct JapaneseSegmenter {
@@ -106,26 +145,27 @@ impl JapaneseSegmenter {
         text: &str,
         mut each: impl FnMut(Word<'_>),
     ) -> Result<(), SegmentError> {
+        self.for_each_token(text, |token| each(token.word()))
+    }
+
+    /// Like [`for_each_word`](Self::for_each_word), but hands out each word before its
+    /// dictionary details are read: reading them costs more than finding the word, and a
+    /// caller that caches what it derives from a [`DictionaryWord::id`] can skip them.
+    ///
+    /// # Errors
+    /// Returns the tokeniser's error; none is known to occur on valid UTF-8.
+    pub fn for_each_token(
+        &self,
+        text: &str,
+        mut each: impl FnMut(&mut DictionaryWord<'_, '_>),
+    ) -> Result<(), SegmentError> {
         WORKER.with(|cell| {
             let mut slot = cell.borrow_mut();
             let worker = slot.get_or_insert_with(|| self.segmenter.new_worker());
             let tokens = worker.segment(text).map_err(|e| SegmentError(e.to_string()))?;
-            for mut token in tokens {
+            for token in tokens {
                 let range = token.byte_start..token.byte_end;
-                let surface = &text[range.clone()];
-                let details = token.details();
-                let pick = |i: usize| match details.get(i) {
-                    Some(&d) if has_detail(Some(&d)) => d,
-                    _ => surface,
-                };
-                each(Word {
-                    range: range.clone(),
-                    surface,
-                    base_form: pick(DETAIL_BASE_FORM),
-                    reading: pick(DETAIL_READING),
-                    part_of_speech: details.get(DETAIL_POS).copied().unwrap_or(""),
-                    unknown: !has_detail(details.get(DETAIL_READING)),
-                });
+                each(&mut DictionaryWord { range, text, token });
             }
             Ok(())
         })
