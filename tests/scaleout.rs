@@ -64,8 +64,11 @@ async fn subscribe(node: &NodeProcess, cursor: &str) -> Streaming<pb::AlertEvent
 /// The next alert event's (alert id, cursor), skipping summaries and heartbeats; a gap
 /// fails the test.
 async fn next_alert(events: &mut Streaming<pb::AlertEvent>) -> (String, String) {
+    // One deadline for the alert, not per event: heartbeats arrive all the time and must not
+    // keep a missing alert waiting forever.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        let event = tokio::time::timeout(PATIENCE, events.next())
+        let event = tokio::time::timeout_at(deadline, events.next())
             .await
             .expect("an alert within the patience bound")
             .expect("stream open")
@@ -122,14 +125,20 @@ async fn redis_restart_loses_and_duplicates_no_alert() {
     for i in 0..3 {
         raised.extend(screen(&a, &format!("before-{i}")).await);
     }
+    // Those were appended to the stream; wait until A has read them back, or an append that
+    // Redis acknowledged just before the kill would reach A's supervisor only once Redis is
+    // back (delayed, not lost), and the outage check below would wait for it.
+    let mut seen_a = Vec::new();
+    for _ in 0..raised.len() {
+        seen_a.push(next_alert(&mut on_a).await.0);
+    }
     redis.kill();
     let mut during = Vec::new();
     for i in 0..3 {
         during.extend(screen(&a, &format!("during-{i}")).await);
     }
     // In-node delivery goes on while Redis is down: A's supervisor has every alert so far.
-    let mut seen_a = Vec::new();
-    for _ in 0..raised.len() + during.len() {
+    for _ in 0..during.len() {
         seen_a.push(next_alert(&mut on_a).await.0);
     }
     raised.extend(during);
