@@ -283,6 +283,22 @@ impl Conversation {
 
     /// What another node needs to continue this conversation.
     pub fn snapshot(&self) -> ConversationSnapshot {
+        // Sets and maps are listed in sorted order, so equal states give equal snapshots.
+        let mut seen_evidence: Vec<_> = self
+            .seen_evidence
+            .iter()
+            .map(|(c, entry, normalized)| (c.code().to_owned(), entry.clone(), normalized.clone()))
+            .collect();
+        seen_evidence.sort();
+        let mut categories: Vec<_> =
+            self.categories.iter().map(|(c, state)| (c.code().to_owned(), state.clone())).collect();
+        categories.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut family_counts: Vec<_> = self
+            .family_counts
+            .iter()
+            .map(|(family, &(count, end))| (family.clone(), count, end))
+            .collect();
+        family_counts.sort();
         ConversationSnapshot {
             tenant_id: self.info.tenant_id.clone(),
             conversation_id: self.info.conversation_id.clone(),
@@ -292,23 +308,9 @@ impl Conversation {
             last_end_ms: self.last_end_ms,
             carried: self.carried.clone(),
             transcript_chars: self.transcript_chars,
-            seen_evidence: self
-                .seen_evidence
-                .iter()
-                .map(|(c, entry, normalized)| {
-                    (c.code().to_owned(), entry.clone(), normalized.clone())
-                })
-                .collect(),
-            categories: self
-                .categories
-                .iter()
-                .map(|(c, state)| (c.code().to_owned(), state.clone()))
-                .collect(),
-            family_counts: self
-                .family_counts
-                .iter()
-                .map(|(family, &(count, end))| (family.clone(), count, end))
-                .collect(),
+            seen_evidence,
+            categories,
+            family_counts,
             risk: self.risk,
             confirmed_ids: self.confirmed_ids.clone(),
             peak: self.peak.map(|p| p.code().to_owned()),
