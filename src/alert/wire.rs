@@ -13,10 +13,7 @@ use prost::Message;
 
 use crate::alert::ack::Acknowledgement;
 use crate::alert::{Alert, AlertStatus, HubEvent, Summary};
-use crate::grpc::{
-    acknowledgement_to_pb, alert_to_pb, category_from_pb, outcome_from_pb, severity_from_pb,
-    summary_to_pb,
-};
+use crate::grpc::{category_from_pb, event_kind_to_pb, outcome_from_pb, severity_from_pb};
 use crate::pb;
 use crate::pb::alert_event::Kind;
 use crate::pipeline::Evidence;
@@ -34,15 +31,7 @@ pub enum WireError {
 
 /// Encodes `event` as it is stored.
 pub fn encode(event: &HubEvent) -> Vec<u8> {
-    let kind = match event {
-        HubEvent::Alert(a) => Kind::Alert(alert_to_pb(a)),
-        HubEvent::Update(a, seq) => {
-            Kind::Update(pb::AlertUpdate { alert: Some(alert_to_pb(a)), seq: *seq })
-        }
-        HubEvent::Summary(s) => Kind::Summary(summary_to_pb(s)),
-        HubEvent::Acknowledged(ack) => Kind::Acknowledgement(acknowledgement_to_pb(ack)),
-    };
-    pb::AlertEvent { kind: Some(kind), cursor: String::new() }.encode_to_vec()
+    pb::AlertEvent { kind: Some(event_kind_to_pb(event)), cursor: String::new() }.encode_to_vec()
 }
 
 /// Decodes a stored event.

@@ -178,21 +178,25 @@ pub fn acknowledgement_to_pb(ack: &Acknowledgement) -> pb::Acknowledgement {
     }
 }
 
+/// Converts an alert event to the supervisor stream's message kind (also how the Redis bus
+/// stores it).
+pub fn event_kind_to_pb(event: &HubEvent) -> pb::alert_event::Kind {
+    use pb::alert_event::Kind;
+    match event {
+        HubEvent::Alert(a) => Kind::Alert(alert_to_pb(a)),
+        HubEvent::Update(a, seq) => {
+            Kind::Update(pb::AlertUpdate { alert: Some(alert_to_pb(a)), seq: *seq })
+        }
+        HubEvent::Summary(s) => Kind::Summary(summary_to_pb(s)),
+        HubEvent::Acknowledged(ack) => Kind::Acknowledgement(acknowledgement_to_pb(ack)),
+    }
+}
+
 /// Converts a subscription's delivery to the supervisor stream's message.
 pub fn delivery_to_pb(delivery: &Delivery) -> pb::AlertEvent {
     use pb::alert_event::Kind;
     let (kind, cursor) = match delivery {
-        Delivery::Event { cursor, event } => {
-            let kind = match event {
-                HubEvent::Alert(a) => Kind::Alert(alert_to_pb(a)),
-                HubEvent::Update(a, seq) => {
-                    Kind::Update(pb::AlertUpdate { alert: Some(alert_to_pb(a)), seq: *seq })
-                }
-                HubEvent::Summary(s) => Kind::Summary(summary_to_pb(s)),
-                HubEvent::Acknowledged(ack) => Kind::Acknowledgement(acknowledgement_to_pb(ack)),
-            };
-            (kind, cursor)
-        }
+        Delivery::Event { cursor, event } => (event_kind_to_pb(event), cursor),
         Delivery::Gap { cursor, missed, reason } => {
             let reason = match reason {
                 GapReason::HistoryExpired => pb::GapReason::HistoryExpired,
