@@ -196,10 +196,12 @@ run_and_screen() {
   local out
   out="$(echo 'C: 土下座しろ' | "$venv/bin/python" "$root/examples/python/screen_transcript.py" \
     --addr "127.0.0.1:$port" --tenant container-test --conversation-id container-1 -)"
-  echo "$out" | grep -q '"CATEGORY_DOGEZA"' || { echo "$out"; die "no DOGEZA alert from the container"; }
+  # Here-strings, not pipes: under pipefail, `grep -q` leaving early makes the writer's SIGPIPE
+  # fail the check.
+  grep -q '"CATEGORY_DOGEZA"' <<<"$out" || { echo "$out"; die "no DOGEZA alert from the container"; }
   local scraped
   scraped="$("$venv/bin/python" -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "http://127.0.0.1:$metrics_port/metrics")"
-  echo "$scraped" | grep -q '^kasuhara_alerts_total{category="DOGEZA"' \
+  grep -q '^kasuhara_alerts_total{category="DOGEZA"' <<<"$scraped" \
     || die "metrics endpoint does not count the alert"
 
   step "podman stop (SIGTERM to PID 1)"
@@ -207,7 +209,9 @@ run_and_screen() {
   local code user
   code="$(podman inspect --format '{{.State.ExitCode}}' "$name")"
   user="$(podman inspect --format '{{.Config.User}}' "$name")"
-  podman logs "$name" 2>&1 | grep -q 'shutting down' || die "no drain in the logs"
+  local logs
+  logs="$(podman logs "$name" 2>&1)"
+  grep -q 'shutting down' <<<"$logs" || { tail -20 <<<"$logs"; die "no drain in the logs"; }
   [ "$code" = "0" ] || { podman logs "$name" | tail -20; die "exit status $code after SIGTERM"; }
   [ "$user" = "10001" ] || die "runs as user '$user', not 10001"
   podman rm "$name" >/dev/null
