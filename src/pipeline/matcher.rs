@@ -134,6 +134,18 @@ struct Layers {
 }
 
 impl Layers {
+    /// Empty layers with room for a text of `text_bytes` bytes, so building them does not
+    /// reallocate: at most one token per 3 bytes of (mostly CJK) text, 4 bytes per token in
+    /// the base-form layer, and readings about as long as the text.
+    fn with_capacity(text_bytes: usize) -> Self {
+        let tokens = text_bytes / 3 + 1;
+        Self {
+            tokens: Vec::with_capacity(tokens),
+            lemmas: String::with_capacity(4 * tokens),
+            readings: String::with_capacity(text_bytes + text_bytes / 2),
+        }
+    }
+
     fn push(&mut self, vocabulary: &HashMap<String, u32>, w: &Word<'_>) {
         let key = lemma_key(w.base_form, w.part_of_speech);
         let id = vocabulary.get(&key).copied().unwrap_or(0);
@@ -150,37 +162,36 @@ impl Layers {
     /// on this thread before; returns whether it is a guessed kana run. Reading a word's
     /// details and keying its base form cost more than the rest of matching it, and a few
     /// thousand distinct words make up most speech.
-    fn push_token(&mut self, inner: &Inner, token: &mut DictionaryWord<'_, '_>) -> bool {
+    fn push_token(
+        &mut self,
+        inner: &Inner,
+        cache: &mut WordCache,
+        token: &mut DictionaryWord<'_, '_>,
+    ) -> bool {
         let Some(word_id) = token.id() else {
             let w = token.word();
             self.push(&inner.vocabulary, &w);
             return w.is_guessed_kana_run();
         };
-        WORD_CACHE.with(|cache| {
-            let mut cache = cache.borrow_mut();
-            if cache.len() >= WORD_CACHE_WORDS {
-                cache.clear(); // bounded: old matchers' words and rare words go together
+        let cached = cache.entry((inner.id, word_id)).or_insert_with(|| {
+            let w = token.word();
+            let id = inner.vocabulary.get(&lemma_key(w.base_form, w.part_of_speech));
+            CachedWord {
+                lemma: lemma_char(id.copied().unwrap_or(0)),
+                reading: fold_kana(w.reading).into(),
+                function_word: w.part_of_speech == "助詞",
+                unknown: w.unknown,
+                guessed_kana_run: w.is_guessed_kana_run(),
             }
-            let cached = cache.entry((inner.id, word_id)).or_insert_with(|| {
-                let w = token.word();
-                let id = inner.vocabulary.get(&lemma_key(w.base_form, w.part_of_speech));
-                CachedWord {
-                    lemma: lemma_char(id.copied().unwrap_or(0)),
-                    reading: fold_kana(w.reading).into(),
-                    function_word: w.part_of_speech == "助詞",
-                    unknown: w.unknown,
-                    guessed_kana_run: w.is_guessed_kana_run(),
-                }
-            });
-            self.push_encoded(
-                token.range(),
-                cached.lemma,
-                &cached.reading,
-                cached.function_word,
-                cached.unknown,
-            );
-            cached.guessed_kana_run
-        })
+        });
+        self.push_encoded(
+            token.range(),
+            cached.lemma,
+            &cached.reading,
+            cached.function_word,
+            cached.unknown,
+        );
+        cached.guessed_kana_run
     }
 
     fn push_encoded(
@@ -220,10 +231,12 @@ const WORD_CACHE_WORDS: usize = 1 << 16;
 /// Gives each built matcher its own key space in [`WORD_CACHE`].
 static NEXT_MATCHER_ID: AtomicU64 = AtomicU64::new(0);
 
+/// (matcher id, IPADIC word id) → the word as that matcher encodes it.
+type WordCache = HashMap<(u64, u32), CachedWord>;
+
 thread_local! {
-    /// (matcher id, IPADIC word id) → the word as that matcher encodes it. Per thread, so
-    /// the screening path takes no lock.
-    static WORD_CACHE: RefCell<HashMap<(u64, u32), CachedWord>> = RefCell::new(HashMap::new());
+    /// Per thread, so the screening path takes no lock.
+    static WORD_CACHE: RefCell<WordCache> = RefCell::new(HashMap::new());
 }
 
 /// One token of the text being matched, reduced to what matching needs.
@@ -311,11 +324,17 @@ impl Matcher {
     /// Only a tokeniser failure.
     pub fn find(&self, normalized: &str) -> Result<Findings, SegmentError> {
         let segmenter = &self.inner.segmenter;
-        let mut layers = Layers::default();
+        let mut layers = Layers::with_capacity(normalized.len());
         let mut guessed = false;
         let tokenizing = Instant::now();
-        segmenter.for_each_token(normalized, |token| {
-            guessed |= layers.push_token(&self.inner, token);
+        // One borrow of the word cache for the whole text, not one per token.
+        WORD_CACHE.with_borrow_mut(|cache| {
+            if cache.len() >= WORD_CACHE_WORDS {
+                cache.clear(); // bounded: old matchers' words and rare words go together
+            }
+            segmenter.for_each_token(normalized, |token| {
+                guessed |= layers.push_token(&self.inner, cache, token);
+            })
         })?;
         Stage::Tokenize.record(tokenizing);
         let matching = Instant::now();
@@ -324,7 +343,7 @@ impl Matcher {
         if guessed {
             // IPADIC guessed the edges of a hiragana run; screen the re-cut reading too and
             // keep what either reading finds.
-            let mut recut = Layers::default();
+            let mut recut = Layers::with_capacity(normalized.len());
             segmenter
                 .for_each_recut_word(normalized, |w| recut.push(&self.inner.vocabulary, &w))?;
             let more = self.find_in(recut);
@@ -356,7 +375,7 @@ impl Matcher {
         haystack.push_str(&readings);
 
         // (pattern, token span) of every hit in either layer.
-        let mut matches: Vec<(usize, Range<usize>)> = Vec::new();
+        let mut matches: Vec<(usize, Range<usize>)> = Vec::with_capacity(2 * tokens.len());
         for m in inner.automaton.find_overlapping_iter(&haystack) {
             let span = if m.end() <= lemma_len {
                 // Each token is one 4-byte scalar in the base-form layer.
@@ -392,7 +411,8 @@ impl Matcher {
             }
         }
         // (owner, piece, token span) of anchored owners.
-        let mut pieces: Vec<(Owner, u16, Range<usize>)> = Vec::new();
+        let most = matches.iter().map(|(p, _)| inner.targets[*p].len()).sum();
+        let mut pieces: Vec<(Owner, u16, Range<usize>)> = Vec::with_capacity(most);
         for (p, span) in &matches {
             for t in inner.targets[*p].iter().filter(|t| anchored[slot(t.owner)]) {
                 pieces.push((t.owner, t.piece, span.clone()));

@@ -404,7 +404,10 @@ fn strip_invisible(p: &mut Vec<Piece>) {
 // ---------------------------------------------------------------------------------------------
 
 fn needs_nfkc(p: &[Piece]) -> bool {
-    is_nfkc_quick(p.iter().map(|x| x.ch)) != IsNormalized::Yes
+    // Inert chars are starters that NFKC keeps, so leaving them out of the quick check can
+    // only make it stricter (their class-0 resets no longer separate combining marks): a
+    // "yes" still means the text is NFKC, and most of a Japanese text is skipped unlooked-up.
+    is_nfkc_quick(p.iter().map(|x| x.ch).filter(|&c| !is_nfkc_inert(c))) != IsNormalized::Yes
 }
 
 /// Spacing voicing marks ゛゜ become the combining ones, so か゛ composes to が like ｶﾞ does
