@@ -53,6 +53,8 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/kg-scaleout.XXXXXX")"
 pids=()
 loadgen_pid=""
 
+# Runs from the EXIT trap (shellcheck cannot see that call).
+# shellcheck disable=SC2317
 cleanup() {
   local status=$?
   # The load generator if it still runs, then the nodes (SIGTERM: they drain), then Redis;
