@@ -1,13 +1,18 @@
 //! The load generator behind `kasuhara-guard loadgen`: many concurrent conversations over real
-//! gRPC against a running server, plus one supervisor on `AlertService.Subscribe`, with latency
-//! histograms and the server's CPU and memory.
+//! gRPC against one running server or several nodes sharing Redis, plus one supervisor on
+//! `AlertService.Subscribe`, with latency histograms and the servers' CPU and memory.
 //!
 //! ```text
-//! conversation tasks ── Screen streams (interims, then a final) ──▶ server
+//! conversation tasks ── Screen streams (interims, then a final) ──▶ node 0, 1, … (i mod N)
 //!        ▲ verdict latency: segment sent → its verdict back          │
-//!        └── sent times per (conversation, seq) ◀── subscriber ◀──────┘ Subscribe
+//!        └── sent times per (conversation, seq) ◀── subscriber ◀──────┘ Subscribe (one node)
 //!                                              alert latency: segment sent → alert seen
 //! ```
+//!
+//! With several nodes, conversation `i` is screened by node `i mod N` (each HTTP/2 connection
+//! goes to one node), and an alert of a conversation screened on another node than the
+//! subscriber's is *cross-node*: it went through the shared Redis stream
+//! (docs/scale-out.md), and its latency is also reported on its own.
 //!
 //! Each conversation speaks utterances from a corpus: an utterance goes out as a few growing
 //! interim hypotheses (prefixes of its text) and then its final text, as a streaming ASR would
@@ -73,10 +78,11 @@ pub enum Mode {
 /// One load run.
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    /// The server, e.g. `http://127.0.0.1:50051`.
-    pub endpoint: String,
-    /// The server the supervisor subscription connects to; `None` is `endpoint`. Another node
-    /// sharing Redis makes the alert latency a cross-node one.
+    /// The nodes to screen on, e.g. `["http://127.0.0.1:50051"]`; at least one. Conversation
+    /// `i` goes to `endpoints[i % endpoints.len()]`, so every node gets an equal share.
+    pub endpoints: Vec<String>,
+    /// The node the supervisor subscription connects to; `None` is `endpoints[0]`. Alerts of
+    /// conversations on any other address are cross-node (they reach it through Redis).
     pub subscribe_endpoint: Option<String>,
     /// Concurrent conversations.
     pub conversations: usize,
@@ -88,8 +94,10 @@ pub struct LoadConfig {
     pub mode: Mode,
     /// Utterance texts to speak, cycled.
     pub corpus: Arc<Vec<String>>,
-    /// The server's process, for CPU and RSS; `None` when it is not on this machine.
-    pub server_pid: Option<u32>,
+    /// The servers' processes on this machine, for CPU and RSS (any number; empty when none
+    /// is local). With several, [`Report::server`] sums them and [`Report::servers`] lists
+    /// each.
+    pub server_pids: Vec<u32>,
     /// Print progress on stderr once a second.
     pub progress: bool,
 }
@@ -109,6 +117,9 @@ pub enum LoadError {
     /// The corpus holds no text.
     #[error("the corpus {0} holds no text")]
     EmptyCorpus(PathBuf),
+    /// [`LoadConfig::endpoints`] is empty.
+    #[error("no server address to load: give at least one endpoint")]
+    NoEndpoints,
     /// The server could not be reached.
     #[error("cannot connect to {endpoint}")]
     Connect {
@@ -186,19 +197,74 @@ impl Percentiles {
     }
 }
 
-/// The server's resource use over the run, from `/proc/<pid>`.
+/// Server resource use over the run, from `/proc/<pid>`: of one process, or summed over
+/// several (see [`Report::server`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct ServerUsage {
-    /// CPU time used during the run divided by wall time, in percent of one core.
+    /// CPU time used during the run divided by wall time, in percent of one core; summed
+    /// over processes, so two nodes each busy on one full core report 200.
     pub cpu_percent: f64,
-    /// Resident memory before the conversations opened, in bytes.
+    /// Resident memory before the conversations opened, in bytes (summed over processes).
     pub rss_before_bytes: u64,
-    /// Resident memory with the conversations open (at the end of the load), in bytes.
+    /// Resident memory with the conversations open (at the end of the load), in bytes
+    /// (summed over processes).
     pub rss_loaded_bytes: u64,
-    /// Peak resident memory (VmHWM), in bytes.
+    /// Peak resident memory (VmHWM), in bytes; summed over processes, the sum of each one's
+    /// own peak (an upper bound: the peaks need not coincide).
     pub rss_peak_bytes: u64,
-    /// `(rss_loaded - rss_before) / conversations`: the memory of one open conversation.
+    /// `(rss_loaded - rss_before) / conversations`: the memory of one open conversation
+    /// (over all processes, as each conversation is open on one of them).
     pub rss_per_conversation_bytes: u64,
+}
+
+impl ServerUsage {
+    /// One process's usage from its samples before, with the load on, and after the run;
+    /// its memory growth is divided over all `conversations` of the run.
+    fn of(
+        before: ProcSample,
+        loaded: ProcSample,
+        after: ProcSample,
+        elapsed: Duration,
+        conversations: usize,
+    ) -> Self {
+        Self {
+            cpu_percent: 100.0 * (after.cpu_seconds - before.cpu_seconds)
+                / elapsed.as_secs_f64().max(1e-9),
+            rss_before_bytes: before.rss_bytes,
+            rss_loaded_bytes: loaded.rss_bytes,
+            rss_peak_bytes: after.rss_peak_bytes,
+            rss_per_conversation_bytes: loaded.rss_bytes.saturating_sub(before.rss_bytes)
+                / conversations.max(1) as u64,
+        }
+    }
+
+    /// The sum over processes, with the per-conversation memory worked out over `conversations`.
+    fn total(usages: &[ServerUsage], conversations: usize) -> Self {
+        let mut total = usages.iter().fold(Self::default(), |sum, u| Self {
+            cpu_percent: sum.cpu_percent + u.cpu_percent,
+            rss_before_bytes: sum.rss_before_bytes + u.rss_before_bytes,
+            rss_loaded_bytes: sum.rss_loaded_bytes + u.rss_loaded_bytes,
+            rss_peak_bytes: sum.rss_peak_bytes + u.rss_peak_bytes,
+            rss_per_conversation_bytes: 0,
+        });
+        total.rss_per_conversation_bytes =
+            total.rss_loaded_bytes.saturating_sub(total.rss_before_bytes)
+                / conversations.max(1) as u64;
+        total
+    }
+}
+
+/// One server process's share of the load, in [`Report::servers`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ServerShare {
+    /// The process id, as given in [`LoadConfig::server_pids`].
+    pub pid: u32,
+    /// Its own figures; its `rss_per_conversation_bytes` is its memory growth divided over
+    /// all the run's conversations, i.e. its part of the total's figure. Absent when
+    /// `/proc/<pid>` could not be read at the start, near the end or after the run (another
+    /// machine, or the process exited).
+    #[serde(flatten)]
+    pub usage: Option<ServerUsage>,
 }
 
 /// What a run measured; printed as the last JSON line.
@@ -212,6 +278,9 @@ pub struct Report {
     pub duration_s: f64,
     /// Segments sent.
     pub segments: u64,
+    /// Segments sent to each node, in [`LoadConfig::endpoints`] order (one entry with one
+    /// node), so a reader can see that the load was spread.
+    pub segments_per_node: Vec<u64>,
     /// Segments sent per second of load.
     pub segments_per_s: f64,
     /// Customer text sent per second, in chars.
@@ -229,10 +298,19 @@ pub struct Report {
     pub errors: u64,
     /// Segment sent → its verdict received.
     pub verdict_latency_ms: Percentiles,
-    /// Segment sent → its alert on the subscriber stream.
+    /// Segment sent → its alert on the subscriber stream, every matched alert.
     pub alert_latency_ms: Percentiles,
-    /// The server's CPU and memory, when its pid is known.
+    /// The same for cross-node alerts only: those of conversations screened on another
+    /// address than the subscriber's, delivered through Redis. `count` 0 (and zero figures)
+    /// when every conversation ran on the subscriber's node, as with a single node.
+    pub cross_node_alert_latency_ms: Percentiles,
+    /// The servers' CPU and memory, when their pids are known: one process's figures, or
+    /// with several pids the sum over all of them (CPU percent of one core added up, RSS
+    /// added up; see [`ServerUsage`]); `None` unless every pid could be read.
     pub server: Option<ServerUsage>,
+    /// One entry per pid in [`LoadConfig::server_pids`], in that order, so each node's share
+    /// is visible; empty when no pid was given.
+    pub servers: Vec<ServerShare>,
 }
 
 /// One conversation's sent segments, for matching verdicts and alerts to their send time.
@@ -260,7 +338,12 @@ impl SentTimes {
 /// Counters and histograms shared by every task of a run.
 struct Recorder {
     sent: Vec<SentTimes>,
+    /// Per node (conversation `i` runs on node `i % len`): whether it has the subscriber's
+    /// address. By address, not position, so a node listed twice is still the same node, and
+    /// a subscriber on none of the nodes makes every alert cross-node.
+    on_subscriber_node: Vec<bool>,
     segments: AtomicU64,
+    segments_per_node: Vec<AtomicU64>,
     chars: AtomicU64,
     verdicts: AtomicU64,
     alerts: AtomicU64,
@@ -269,10 +352,11 @@ struct Recorder {
     errors: AtomicU64,
     verdict_latency: Mutex<Histogram<u64>>,
     alert_latency: Mutex<Histogram<u64>>,
+    cross_node_alert_latency: Mutex<Histogram<u64>>,
 }
 
 impl Recorder {
-    fn new(conversations: usize) -> Self {
+    fn new(conversations: usize, on_subscriber_node: Vec<bool>) -> Self {
         let histogram = || {
             // Invariant: the range constants are valid (low ≥ 1, high ≥ 2 × low, sigfig 3).
             Histogram::new_with_bounds(LATENCY_RANGE_US.0, LATENCY_RANGE_US.1, 3)
@@ -281,6 +365,8 @@ impl Recorder {
         Self {
             sent: (0..conversations).map(|_| SentTimes::default()).collect(),
             segments: AtomicU64::new(0),
+            segments_per_node: on_subscriber_node.iter().map(|_| AtomicU64::new(0)).collect(),
+            on_subscriber_node,
             chars: AtomicU64::new(0),
             verdicts: AtomicU64::new(0),
             alerts: AtomicU64::new(0),
@@ -289,7 +375,18 @@ impl Recorder {
             errors: AtomicU64::new(0),
             verdict_latency: Mutex::new(histogram()),
             alert_latency: Mutex::new(histogram()),
+            cross_node_alert_latency: Mutex::new(histogram()),
         }
+    }
+
+    /// The node conversation `index` runs on.
+    fn node_of(&self, index: usize) -> usize {
+        index % self.on_subscriber_node.len()
+    }
+
+    /// Whether conversation `index`'s alerts reach the subscriber from another node.
+    fn is_cross_node(&self, index: usize) -> bool {
+        !self.on_subscriber_node[self.node_of(index)]
     }
 
     fn latency(histogram: &Mutex<Histogram<u64>>, since: Instant) {
@@ -340,12 +437,25 @@ fn utterance_segments(text: &str, rng: &mut Rng) -> Vec<(String, bool)> {
     segments
 }
 
-/// Runs one load against `config.endpoint` and returns what it measured.
+/// Whether two endpoints name the same server: the same scheme and authority (host and port
+/// as written, host case-insensitive), so `http://node-b:50051` and `http://NODE-B:50051/`
+/// match. Addresses that do not parse are compared as strings.
+fn same_address(a: &str, b: &str) -> bool {
+    match (a.parse::<tonic::transport::Uri>(), b.parse::<tonic::transport::Uri>()) {
+        (Ok(a), Ok(b)) => a.scheme() == b.scheme() && a.authority() == b.authority(),
+        _ => a == b,
+    }
+}
+
+/// Runs one load against `config.endpoints` and returns what it measured.
 ///
 /// # Errors
-/// The server cannot be reached or the subscription is refused. Failures of single streams
-/// are counted in [`Report::errors`], not returned.
+/// No endpoint is given, a node cannot be reached, or the subscription is refused. Failures
+/// of single streams are counted in [`Report::errors`], not returned.
 pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
+    if config.endpoints.is_empty() {
+        return Err(LoadError::NoEndpoints);
+    }
     let connect = |endpoint: String| async move {
         let channel = Channel::from_shared(endpoint.clone())
             .map_err(|_| LoadError::Address(endpoint.clone()))?
@@ -354,14 +464,25 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
             .map_err(|source| LoadError::Connect { endpoint, source })?;
         Ok::<_, LoadError>(channel)
     };
-    let mut channels = Vec::new();
-    for _ in 0..config.conversations.div_ceil(CONVERSATIONS_PER_CONNECTION).max(1) {
-        channels.push(connect(config.endpoint.clone()).await?);
+    // channels[node][k] carries that node's conversations i with (i / nodes) / 100 == k: each
+    // connection goes to one node, and every node is connected to (and so checked) even when
+    // it gets no conversation.
+    let nodes = config.endpoints.len();
+    let mut channels = Vec::with_capacity(nodes);
+    for (node, endpoint) in config.endpoints.iter().enumerate() {
+        let conversations = (config.conversations + nodes - 1 - node) / nodes;
+        let mut node_channels = Vec::new();
+        for _ in 0..conversations.div_ceil(CONVERSATIONS_PER_CONNECTION).max(1) {
+            node_channels.push(connect(endpoint.clone()).await?);
+        }
+        channels.push(node_channels);
     }
-    let recorder = Arc::new(Recorder::new(config.conversations));
 
     let subscribe_endpoint =
-        config.subscribe_endpoint.clone().unwrap_or_else(|| config.endpoint.clone());
+        config.subscribe_endpoint.clone().unwrap_or_else(|| config.endpoints[0].clone());
+    let on_subscriber_node =
+        config.endpoints.iter().map(|endpoint| same_address(endpoint, &subscribe_endpoint));
+    let recorder = Arc::new(Recorder::new(config.conversations, on_subscriber_node.collect()));
     let mut alerts_client = AlertServiceClient::new(connect(subscribe_endpoint).await?);
     let events = alerts_client
         .subscribe(pb::SubscribeRequest { tenant_id: TENANT.into(), ..Default::default() })
@@ -370,16 +491,18 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         .into_inner();
     let subscriber = tokio::spawn(subscribe(events, Arc::clone(&recorder)));
 
-    let usage_before = config.server_pid.and_then(ProcSample::read);
+    let sample_all = || -> Vec<Option<ProcSample>> {
+        config.server_pids.iter().map(|&pid| ProcSample::read(pid)).collect()
+    };
+    let usage_before = sample_all();
     let started = Instant::now();
     let stop_at = tokio::time::Instant::now() + config.duration;
     let (opened_tx, mut opened_rx) = mpsc::channel::<()>(config.conversations.max(1));
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..config.conversations {
-        let client =
-            ScreeningServiceClient::new(channels[index / CONVERSATIONS_PER_CONNECTION].clone());
+        let channel = &channels[index % nodes][index / nodes / CONVERSATIONS_PER_CONNECTION];
         tasks.spawn(converse(
-            client,
+            ScreeningServiceClient::new(channel.clone()),
             index,
             config.clone(),
             Arc::clone(&recorder),
@@ -394,7 +517,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.tick().await;
     let mut last_segments = 0;
-    let mut loaded_rss = None;
+    let mut loaded_rss: Vec<Option<ProcSample>> = vec![None; config.server_pids.len()];
     loop {
         tokio::select! {
             more = opened_rx.recv() => match more {
@@ -418,37 +541,54 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
                 // The loaded sample is taken near the end of the load, while every stream is
                 // still open.
                 if tokio::time::Instant::now() + Duration::from_millis(1500) >= stop_at {
-                    loaded_rss = loaded_rss.or_else(|| config.server_pid.and_then(ProcSample::read));
+                    for (loaded, &pid) in loaded_rss.iter_mut().zip(&config.server_pids) {
+                        *loaded = loaded.or_else(|| ProcSample::read(pid));
+                    }
                 }
             }
         }
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = started.elapsed();
-    let usage_after = config.server_pid.and_then(ProcSample::read);
+    let usage_after = sample_all();
     // Give the subscriber a moment to receive the last alerts, then stop it.
     tokio::time::sleep(Duration::from_millis(200)).await;
     subscriber.abort();
     let _ = subscriber.await;
 
-    let server = match (usage_before, loaded_rss.or(usage_after), usage_after) {
-        (Some(before), Some(loaded), Some(after)) => Some(ServerUsage {
-            cpu_percent: 100.0 * (after.cpu_seconds - before.cpu_seconds) / elapsed.as_secs_f64(),
-            rss_before_bytes: before.rss_bytes,
-            rss_loaded_bytes: loaded.rss_bytes,
-            rss_peak_bytes: after.rss_peak_bytes,
-            rss_per_conversation_bytes: loaded.rss_bytes.saturating_sub(before.rss_bytes)
-                / config.conversations.max(1) as u64,
-        }),
-        _ => None,
-    };
+    let servers: Vec<ServerShare> = config
+        .server_pids
+        .iter()
+        .zip(usage_before.into_iter().zip(loaded_rss).zip(usage_after))
+        .map(|(&pid, ((before, loaded), after))| ServerShare {
+            pid,
+            usage: match (before, loaded.or(after), after) {
+                (Some(before), Some(loaded), Some(after)) => {
+                    Some(ServerUsage::of(before, loaded, after, elapsed, config.conversations))
+                }
+                _ => None,
+            },
+        })
+        .collect();
+    let usages: Option<Vec<ServerUsage>> = servers.iter().map(|share| share.usage).collect();
+    let server = usages
+        .filter(|usages| !usages.is_empty())
+        .map(|usages| ServerUsage::total(&usages, config.conversations));
     let load_seconds = elapsed.as_secs_f64().max(1e-9);
     let segments = recorder.segments.load(Ordering::Relaxed);
+    let percentiles = |histogram: &Mutex<Histogram<u64>>| {
+        Percentiles::of(&histogram.lock().unwrap_or_else(|p| p.into_inner()))
+    };
     let report = Report {
         mode: config.mode,
         conversations: config.conversations,
         duration_s: load_seconds,
         segments,
+        segments_per_node: recorder
+            .segments_per_node
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .collect(),
         segments_per_s: segments as f64 / load_seconds,
         chars_per_s: recorder.chars.load(Ordering::Relaxed) as f64 / load_seconds,
         verdicts: recorder.verdicts.load(Ordering::Relaxed),
@@ -456,13 +596,11 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         alert_updates: recorder.alert_updates.load(Ordering::Relaxed),
         alerts_unmatched: recorder.alerts_unmatched.load(Ordering::Relaxed),
         errors: recorder.errors.load(Ordering::Relaxed),
-        verdict_latency_ms: Percentiles::of(
-            &recorder.verdict_latency.lock().unwrap_or_else(|p| p.into_inner()),
-        ),
-        alert_latency_ms: Percentiles::of(
-            &recorder.alert_latency.lock().unwrap_or_else(|p| p.into_inner()),
-        ),
+        verdict_latency_ms: percentiles(&recorder.verdict_latency),
+        alert_latency_ms: percentiles(&recorder.alert_latency),
+        cross_node_alert_latency_ms: percentiles(&recorder.cross_node_alert_latency),
         server,
+        servers,
     };
     Ok(report)
 }
@@ -478,10 +616,14 @@ async fn subscribe(mut events: tonic::Streaming<pb::AlertEvent>, recorder: Arc<R
             Some(pb::alert_event::Kind::Alert(alert)) => {
                 recorder.alerts.fetch_add(1, Ordering::Relaxed);
                 let sent = conversation_index(&alert.conversation_id)
-                    .and_then(|i| recorder.sent.get(i))
-                    .and_then(|times| times.get(alert.seq));
+                    .and_then(|i| Some((i, recorder.sent.get(i)?.get(alert.seq)?)));
                 match sent {
-                    Some(at) => Recorder::latency(&recorder.alert_latency, at),
+                    Some((index, at)) => {
+                        Recorder::latency(&recorder.alert_latency, at);
+                        if recorder.is_cross_node(index) {
+                            Recorder::latency(&recorder.cross_node_alert_latency, at);
+                        }
+                    }
                     None => {
                         recorder.alerts_unmatched.fetch_add(1, Ordering::Relaxed);
                     }
@@ -556,6 +698,7 @@ async fn converse(
     let send = |text: String, is_final: bool, seq: u64, speech_ms: u64| {
         recorder.sent[index].record(seq, Instant::now());
         recorder.segments.fetch_add(1, Ordering::Relaxed);
+        recorder.segments_per_node[recorder.node_of(index)].fetch_add(1, Ordering::Relaxed);
         recorder.chars.fetch_add(text.chars().count() as u64, Ordering::Relaxed);
         pb::ScreenRequest {
             kind: Some(Kind::Segment(pb::Segment {
@@ -801,6 +944,51 @@ mod tests {
         let sample = ProcSample::read(std::process::id()).expect("/proc is readable");
         assert!(sample.rss_bytes > 0 && sample.rss_peak_bytes >= sample.rss_bytes);
         assert!(sample.cpu_seconds >= 0.0);
+    }
+
+    /// Conversations go round-robin over the nodes, and only those on another node than the
+    /// subscriber's count as cross-node; a subscriber on no producing node makes all of them so.
+    #[test]
+    fn conversations_spread_over_nodes_and_cross_node_is_relative_to_the_subscriber() {
+        let on_b = Recorder::new(5, vec![false, true]);
+        assert_eq!((0..5).map(|i| on_b.node_of(i)).collect::<Vec<_>>(), [0, 1, 0, 1, 0]);
+        assert!(on_b.is_cross_node(0) && !on_b.is_cross_node(1));
+        let single = Recorder::new(3, vec![true]);
+        assert!((0..3).all(|i| !single.is_cross_node(i)), "help: one node has no cross-node");
+        let elsewhere = Recorder::new(3, vec![false]);
+        assert!((0..3).all(|i| elsewhere.is_cross_node(i)));
+    }
+
+    /// Addresses compare by scheme and authority, not by spelling.
+    #[test]
+    fn same_address_ignores_host_case_and_trailing_slash() {
+        const CASES: &[(&str, &str, bool)] = &[
+            ("http://127.0.0.1:50061", "http://127.0.0.1:50061/", true),
+            ("http://Node-B:50051", "http://node-b:50051", true),
+            ("http://127.0.0.1:50061", "http://127.0.0.1:50062", false),
+            ("http://127.0.0.1:50061", "https://127.0.0.1:50061", false),
+        ];
+        for &(a, b, same) in CASES {
+            assert_eq!(same_address(a, b), same, "help: {a} vs {b}");
+        }
+    }
+
+    /// Several processes' usage adds up: CPU percent and every RSS figure are sums, and the
+    /// per-conversation memory is the summed growth over all conversations.
+    #[test]
+    fn server_usage_total_sums_processes() {
+        let usage = |cpu_percent, before, loaded, peak| ServerUsage {
+            cpu_percent,
+            rss_before_bytes: before,
+            rss_loaded_bytes: loaded,
+            rss_peak_bytes: peak,
+            rss_per_conversation_bytes: (loaded - before) / 10,
+        };
+        let total =
+            ServerUsage::total(&[usage(80.0, 100, 300, 400), usage(60.0, 100, 200, 250)], 10);
+        assert_eq!(total, usage(140.0, 200, 500, 650));
+        let one = usage(80.0, 100, 300, 400);
+        assert_eq!(ServerUsage::total(&[one], 10), one, "help: one process is reported as is");
     }
 
     /// Conversation ids round-trip, and foreign ids are not mistaken for ours.

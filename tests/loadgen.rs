@@ -17,14 +17,14 @@ const LINES: &[&str] = &[
 
 fn config(endpoint: String, mode: Mode) -> LoadConfig {
     LoadConfig {
-        endpoint,
+        endpoints: vec![endpoint],
         subscribe_endpoint: None,
         conversations: 4,
         rate: 40.0,
         duration: Duration::from_millis(1500),
         mode,
         corpus: Arc::new(LINES.iter().map(|s| (*s).to_owned()).collect()),
-        server_pid: Some(std::process::id()),
+        server_pids: vec![std::process::id()],
         progress: false,
     }
 }
@@ -41,17 +41,34 @@ async fn paced_run_reports_counts_and_latencies() {
     assert_eq!(report.verdict_latency_ms.count, report.verdicts);
     assert!(report.alerts > 0, "help: the threats must alert: {report:?}");
     assert!(report.alert_latency_ms.count > 0, "help: alerts must be matched to send times");
+    assert_eq!(report.segments_per_node, [report.segments], "help: one node has all of it");
+    assert_eq!(
+        report.cross_node_alert_latency_ms.count, 0,
+        "help: subscribed on the one node, no alert is cross-node: {report:?}"
+    );
     let usage = report.server.expect("our own pid has /proc figures");
     assert!(usage.rss_loaded_bytes > 0);
+    assert_eq!(report.servers.len(), 1, "help: one entry per pid");
+    assert_eq!(report.servers[0].usage, Some(usage), "help: one process is the total as is");
 
     let json: serde_json::Value = serde_json::to_value(&report).expect("serialise");
-    for key in ["verdict_latency_ms", "alert_latency_ms"] {
+    for key in ["verdict_latency_ms", "alert_latency_ms", "cross_node_alert_latency_ms"] {
         for quantile in ["p50", "p90", "p99", "p999", "max"] {
             assert!(json[key][quantile].is_f64(), "help: {key}.{quantile} missing in {json}");
         }
     }
     assert!(json["segments_per_s"].is_f64() && json["errors"].is_u64(), "help: {json}");
+    assert_eq!(json["servers"][0]["pid"], std::process::id(), "help: {json}");
+    assert!(json["servers"][0]["cpu_percent"].is_f64(), "help: figures sit beside the pid");
     server.stop().await.expect("clean stop");
+}
+
+/// A run without any endpoint is refused before anything starts.
+#[tokio::test]
+async fn no_endpoint_is_refused() {
+    let empty = LoadConfig { endpoints: Vec::new(), ..config(String::new(), Mode::Paced) };
+    let error = loadgen::run(empty).await.expect_err("no endpoint");
+    assert!(matches!(error, loadgen::LoadError::NoEndpoints), "help: got {error:?}");
 }
 
 /// Saturation keeps one segment in flight per conversation and idle holds the streams open;

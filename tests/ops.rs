@@ -6,15 +6,14 @@ use std::time::Duration;
 
 use kasuhara_guard::pb;
 use kasuhara_guard::telemetry;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::util::{shipped_config, start_server};
+use crate::util::{http_get, sample, shipped_config, start_server};
 
 /// A gRPC channel to `endpoint`.
 async fn channel(endpoint: &str) -> tonic::transport::Channel {
@@ -23,31 +22,6 @@ async fn channel(endpoint: &str) -> tonic::transport::Channel {
         .connect()
         .await
         .expect("connect")
-}
-
-/// One plain HTTP/1.1 GET; returns the status line and the body.
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to the metrics endpoint");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read response");
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
-}
-
-/// The sum of every sample of `name` whose labels include all of `labels` (`k="v"` pairs).
-fn sample(exposition: &str, name: &str, labels: &[&str]) -> f64 {
-    exposition
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.rsplit_once(' '))
-        .filter(|(series, _)| {
-            let metric = series.split('{').next().unwrap_or_default();
-            metric == name && labels.iter().all(|label| series.contains(label))
-        })
-        .map(|(_, value)| value.parse::<f64>().expect("a sample value"))
-        .sum()
 }
 
 /// Screening over gRPC moves the counters, gauges and histograms a scrape of /metrics shows.

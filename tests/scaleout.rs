@@ -1,15 +1,20 @@
 //! Scale-out over Redis with real processes: our own redis-server and `kasuhara-guard serve`
 //! nodes. Alerts raised on one node reach supervisors on another, cursors resume on any
-//! node, and a Redis restart loses and duplicates nothing.
+//! node, a Redis restart loses and duplicates nothing, and the load generator drives two
+//! nodes and times the cross-node alerts.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
+use kasuhara_guard::loadgen::{self, LoadConfig, Mode};
 use kasuhara_guard::pb::{self, alert_event::Kind as Event, screen_request::Kind};
+use kasuhara_guard::telemetry;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
 use crate::util::cluster::{NodeProcess, RedisProcess};
+use crate::util::sample;
 
 /// Generous bound for an event that is already on its way; only a hang trips it.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -275,4 +280,59 @@ async fn conversation_continues_on_another_node_after_a_node_kill() {
     assert_eq!(after, vec![vec![pb::Category::Persistence as i32]], "help: continued on B");
     let (alert_id, _) = next_alert(&mut on_b).await;
     assert!(!alert_id.is_empty());
+}
+
+/// Customer lines for the load run, most of them threats, so every short conversation has
+/// alerts for the supervisor to time.
+const LOAD_LINES: &[&str] = &[
+    "おいてめえぶっ殺すぞ",
+    "今すぐ土下座して謝れよ",
+    "テレビが昨日から映らなくて困っているんですけど",
+];
+
+/// The load generator spreads its conversations over nodes A and B with the supervisor on B:
+/// each node's own metrics count exactly the segments sent to it, A's alerts reach B's
+/// supervisor and are reported as cross-node, and nothing fails or goes unmatched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_drives_two_nodes_and_reports_cross_node_alert_latency() {
+    let redis = RedisProcess::start().await;
+    let url = redis.url();
+    let (a, b) = tokio::join!(NodeProcess::start(&url), NodeProcess::start(&url));
+    let config = LoadConfig {
+        endpoints: vec![a.endpoint(), b.endpoint()],
+        subscribe_endpoint: Some(b.endpoint()),
+        conversations: 20,
+        rate: 40.0,
+        duration: Duration::from_secs(3),
+        mode: Mode::Paced,
+        corpus: Arc::new(LOAD_LINES.iter().map(|s| (*s).to_owned()).collect()),
+        server_pids: vec![a.pid(), b.pid()],
+        progress: false,
+    };
+    let report = loadgen::run(config).await.expect("load run");
+    assert_eq!(report.errors, 0, "help: {report:?}");
+    assert!(report.alerts > 0, "help: the threats must alert: {report:?}");
+    assert_eq!(report.alerts_unmatched, 0, "help: every alert matched to its segment: {report:?}");
+    assert_eq!(report.segments_per_node.len(), 2, "help: one count per --addr: {report:?}");
+    assert!(report.segments_per_node.iter().all(|&n| n > 0), "help: both nodes load: {report:?}");
+    assert_eq!(report.segments_per_node.iter().sum::<u64>(), report.segments);
+    assert!(
+        report.cross_node_alert_latency_ms.count > 0,
+        "help: A's alerts reach B's supervisor through Redis: {report:?}"
+    );
+    assert!(report.cross_node_alert_latency_ms.count <= report.alert_latency_ms.count);
+
+    // Each node screened its own share: its own counter agrees with what was sent to it.
+    for (node, sent) in [&a, &b].into_iter().zip(&report.segments_per_node) {
+        let screened = sample(&node.metrics().await, telemetry::SEGMENTS_TOTAL, &[]);
+        assert_eq!(screened, *sent as f64, "help: {} screened what it was sent", node.addr);
+    }
+
+    // Both processes measured, and the total is their sum.
+    let shares: Vec<_> = report.servers.iter().map(|s| s.usage.expect("local pid")).collect();
+    assert_eq!(report.servers.iter().map(|s| s.pid).collect::<Vec<_>>(), [a.pid(), b.pid()]);
+    let total = report.server.expect("every pid read");
+    assert_eq!(total.rss_loaded_bytes, shares.iter().map(|u| u.rss_loaded_bytes).sum::<u64>());
+    let cpu: f64 = shares.iter().map(|u| u.cpu_percent).sum();
+    assert!((total.cpu_percent - cpu).abs() < 1e-9, "help: CPU percent is summed: {report:?}");
 }

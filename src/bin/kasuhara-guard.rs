@@ -147,8 +147,9 @@ enum Command {
         #[arg(long, default_value = "3s", value_parser = config::parse_duration)]
         timeout: Duration,
     },
-    /// Load a server with concurrent conversations and a supervisor; report throughput,
-    /// verdict and alert latency, errors, and the server's CPU and RSS.
+    /// Load a server (or several nodes sharing Redis) with concurrent conversations and a
+    /// supervisor; report throughput, verdict, alert and cross-node alert latency, errors,
+    /// and the servers' CPU and RSS.
     Loadgen(LoadgenArgs),
     /// Bearer tokens for the tokens file ([auth] tokens_file).
     Token {
@@ -214,20 +215,22 @@ enum AuditCommand {
 
 #[derive(Debug, clap::Args)]
 struct LoadgenArgs {
-    /// The server (HOST:PORT or http://HOST:PORT); ignored with --spawn.
-    #[arg(long, default_value = config::DEFAULT_ADDR)]
-    addr: String,
-    /// Subscribe on this server instead of --addr: with two nodes sharing Redis, the alert
-    /// latency measured is then cross-node (docs/scale-out.md).
+    /// The server (HOST:PORT or http://HOST:PORT); repeat for several nodes sharing Redis,
+    /// over which the conversations are spread round-robin. Ignored with --spawn.
+    #[arg(long = "addr", value_name = "HOST:PORT|URL", default_value = config::DEFAULT_ADDR)]
+    addrs: Vec<String>,
+    /// Subscribe on this server instead of the first --addr: alerts of conversations on the
+    /// other nodes are then cross-node, reported apart (docs/scale-out.md).
     #[arg(long, value_name = "HOST:PORT|URL")]
     subscribe_addr: Option<String>,
     /// Start `kasuhara-guard serve` on a free loopback port and load it (reports start-up
-    /// time and the server's CPU and RSS).
+    /// time and the server's CPU and RSS); one node only, so not with several --addr.
     #[arg(long)]
     spawn: bool,
-    /// The server's pid, for CPU and RSS, when it runs on this machine.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// A server's pid, for CPU and RSS, when it runs on this machine; repeat for several
+    /// nodes (the report's `server` sums them, `servers` lists each).
+    #[arg(long = "server-pid", value_name = "PID")]
+    server_pids: Vec<u32>,
     /// Concurrent conversations.
     #[arg(long, default_value_t = 100)]
     conversations: usize,
@@ -800,6 +803,12 @@ async fn run_eval(
 
 /// `loadgen`: runs one load and prints the report (the JSON object last, with `--json`).
 async fn run_loadgen(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        !(args.spawn && args.addrs.len() > 1),
+        "--spawn starts one server and loads it alone: it cannot be combined with several \
+         --addr ({} given); start the nodes yourself (scripts/scaleout-load.sh does)",
+        args.addrs.len()
+    );
     let corpus = loadgen::load_corpus(&args.corpus)?;
     let spawned = match args.spawn {
         true => {
@@ -808,14 +817,13 @@ async fn run_loadgen(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
         }
         false => None,
     };
-    let endpoint = match &spawned {
-        Some(server) => server.endpoint.clone(),
-        None if args.addr.contains("://") => args.addr,
-        None => format!("http://{}", args.addr),
-    };
     let url = |addr: String| if addr.contains("://") { addr } else { format!("http://{addr}") };
+    let endpoints = match &spawned {
+        Some(server) => vec![server.endpoint.clone()],
+        None => args.addrs.into_iter().map(url).collect(),
+    };
     let config = loadgen::LoadConfig {
-        endpoint,
+        endpoints,
         subscribe_endpoint: args.subscribe_addr.map(url),
         conversations: args.conversations,
         rate: args
@@ -824,7 +832,10 @@ async fn run_loadgen(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
         duration: Duration::from_secs_f64(args.duration),
         mode: args.mode,
         corpus: std::sync::Arc::new(corpus),
-        server_pid: spawned.as_ref().map(|s| s.pid).or(args.server_pid),
+        server_pids: match &spawned {
+            Some(server) => vec![server.pid],
+            None => args.server_pids,
+        },
         progress: true,
     };
     let report = loadgen::run(config).await?;

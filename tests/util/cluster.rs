@@ -111,13 +111,17 @@ impl Drop for RedisProcess {
 /// A `kasuhara-guard serve` process with `--redis`; killed on drop.
 pub struct NodeProcess {
     pub addr: SocketAddr,
+    /// Its Prometheus endpoint (`--metrics-addr`), so a test can see what this node did.
+    pub metrics_addr: SocketAddr,
     child: Option<Child>,
 }
 
 impl NodeProcess {
-    /// Starts a node on a free port against `redis_url` and waits until it answers gRPC.
+    /// Starts a node on a free port (and its metrics on another) against `redis_url` and
+    /// waits until it answers gRPC.
     pub async fn start(redis_url: &str) -> NodeProcess {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let metrics_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut command = Command::new(env!("CARGO_BIN_EXE_kasuhara-guard"));
         // The child gets a clean slate of our variables, whatever the developer's shell has.
         for (name, _) in std::env::vars() {
@@ -127,13 +131,14 @@ impl NodeProcess {
         }
         let child = command
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["serve", "--addr", &addr.to_string(), "--metrics-addr", "off"])
+            .args(["serve", "--addr", &addr.to_string()])
+            .args(["--metrics-addr", &metrics_addr.to_string()])
             .args(["--redis", redis_url, "--log-filter", "warn"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn kasuhara-guard serve");
-        let node = NodeProcess { addr, child: Some(child) };
+        let node = NodeProcess { addr, metrics_addr, child: Some(child) };
         let endpoint = node.endpoint();
         wait_until("kasuhara-guard serve", async || {
             use tonic_health::pb::HealthCheckRequest;
@@ -151,8 +156,24 @@ impl NodeProcess {
         node
     }
 
+    /// Its gRPC endpoint, `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Its process id.
+    ///
+    /// # Panics
+    /// After [`NodeProcess::kill`].
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the node was not killed").id()
+    }
+
+    /// One scrape of its Prometheus endpoint (the exposition text).
+    pub async fn metrics(&self) -> String {
+        let (status, body) = crate::util::http_get(self.metrics_addr, "/metrics").await;
+        assert!(status.contains(" 200 "), "help: /metrics of {} answered {status}", self.addr);
+        body
     }
 
     pub async fn screening(&self) -> ScreeningServiceClient<Channel> {

@@ -8,7 +8,8 @@ use kasuhara_guard::config::Config;
 use kasuhara_guard::pb::alert_service_client::AlertServiceClient;
 use kasuhara_guard::pb::screening_service_client::ScreeningServiceClient;
 use kasuhara_guard::server::{self, ServerError};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::Request;
@@ -175,4 +176,29 @@ impl TestPki {
         }
         Endpoint::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await
     }
+}
+
+/// One plain HTTP/1.1 GET; returns the status line and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect to the metrics endpoint");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+}
+
+/// The sum of every sample of `name` whose labels include all of `labels` (`k="v"` pairs).
+pub fn sample(exposition: &str, name: &str, labels: &[&str]) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let metric = series.split('{').next().unwrap_or_default();
+            metric == name && labels.iter().all(|label| series.contains(label))
+        })
+        .map(|(_, value)| value.parse::<f64>().expect("a sample value"))
+        .sum()
 }
