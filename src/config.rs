@@ -1387,6 +1387,34 @@ mod tests {
         }
     }
 
+    /// The scale-out example (deploy/) is a config a node starts with: its container paths
+    /// point at the repository's files here, and it turns on Redis and authentication, so its
+    /// all-interfaces listeners pass the exposure check that `serve` applies.
+    #[test]
+    fn deploy_config_starts_a_node() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(root.join("deploy/kasuhara-guard.toml"))
+            .expect("deploy config");
+        let at_repo = text
+            .replace(
+                "/etc/kasuhara-guard/tokens.toml",
+                &root.join("deploy/tokens.toml").display().to_string(),
+            )
+            .replace(
+                "/opt/kasuhara-guard/dictionaries",
+                &root.join("dictionaries").display().to_string(),
+            );
+        assert_ne!(at_repo, text, "help: the container paths are in the file");
+        let file = TempFile::new("deploy.toml", &at_repo);
+        let flags = Overrides { config: Some(file.0.clone()), ..Overrides::default() };
+        let s = Settings::resolve(&Overrides::default(), &flags).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.server.redis.as_ref().map(|r| r.url.as_str()), Some("redis://redis:6379"));
+        let MetricsAddr::At(metrics) = s.metrics_addr else { panic!("metrics on") };
+        assert!(!s.addr.ip().is_loopback() && !metrics.ip().is_loopback());
+        crate::auth::check_exposure(&s.server.access, &[s.addr])
+            .unwrap_or_else(|e| panic!("help: the deploy example would exit 64: {e}"));
+    }
+
     /// A tenant's lexicon overlay resolves against the policy file's directory and does not
     /// leak into other tenants.
     #[test]
