@@ -410,31 +410,31 @@ impl Matcher {
                 anchored[slot(t.owner)] = true;
             }
         }
-        // (owner, piece, token span) of anchored owners.
+        // Piece hits of anchored owners, packed (see `PieceHit`) so that sorting them, which
+        // groups them by owner for `combine`, compares integers rather than tuples.
         let most = matches.iter().map(|(p, _)| inner.targets[*p].len()).sum();
-        let mut pieces: Vec<(Owner, u16, Range<usize>)> = Vec::with_capacity(most);
+        let mut pieces: Vec<PieceHit> = Vec::with_capacity(most);
         for (p, span) in &matches {
             for t in inner.targets[*p].iter().filter(|t| anchored[slot(t.owner)]) {
-                pieces.push((t.owner, t.piece, span.clone()));
+                pieces.push(PieceHit::new(slot(t.owner), t.piece, span));
             }
         }
-        pieces.sort_unstable_by_key(|p| (p.0, p.1, p.2.start, p.2.end));
+        pieces.sort_unstable();
         pieces.dedup();
 
         let mut entry_spans: Vec<(usize, Range<usize>)> = Vec::new();
         let mut rule_spans: Vec<(usize, Range<usize>)> = Vec::new();
-        for group in pieces.chunk_by(|a, b| a.0 == b.0) {
-            let owner = group[0].0;
-            let pattern = match owner {
-                Owner::Entry(i) => &inner.lexicon.entries[i as usize].pattern,
-                Owner::Rule(i) => &inner.lexicon.rules[i as usize].pattern,
+        let mut group_hits: Vec<(u16, Range<usize>)> = Vec::new();
+        for group in pieces.chunk_by(|a, b| a.slot() == b.slot()) {
+            let slot = group[0].slot();
+            let (pattern, spans) = match slot.checked_sub(entry_count) {
+                None => (&inner.lexicon.entries[slot].pattern, &mut entry_spans),
+                Some(rule) => (&inner.lexicon.rules[rule].pattern, &mut rule_spans),
             };
-            for span in combine(pattern, group) {
-                match owner {
-                    Owner::Entry(i) => entry_spans.push((i as usize, span)),
-                    Owner::Rule(i) => rule_spans.push((i as usize, span)),
-                }
-            }
+            group_hits.clear();
+            group_hits.extend(group.iter().map(|hit| (hit.piece(), hit.span())));
+            let index = slot.checked_sub(entry_count).unwrap_or(slot);
+            spans.extend(combine(pattern, &group_hits).into_iter().map(|span| (index, span)));
         }
         self.apply_context(&tokens, entry_spans, &rule_spans)
     }
@@ -500,6 +500,36 @@ impl Matcher {
     }
 }
 
+/// One piece hit of an owner, packed into one integer ordered as (owner slot, piece, first
+/// token, end token): slots number entries before rules, so the order groups hits by owner as
+/// [`Owner`]'s own order would. Token indices and slots fit 32 bits (texts are a few KiB,
+/// lexicons far below 4 G entries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct PieceHit(u128);
+
+impl PieceHit {
+    fn new(slot: usize, piece: u16, span: &Range<usize>) -> Self {
+        Self(
+            (slot as u128) << 96
+                | u128::from(piece) << 64
+                | (span.start as u128) << 32
+                | span.end as u128,
+        )
+    }
+
+    fn slot(self) -> usize {
+        (self.0 >> 96) as usize
+    }
+
+    fn piece(self) -> u16 {
+        (self.0 >> 64) as u16
+    }
+
+    fn span(self) -> Range<usize> {
+        (self.0 >> 32) as u32 as usize..self.0 as u32 as usize
+    }
+}
+
 /// Tokens strictly between two spans; 0 when they touch or overlap.
 fn token_gap(a: &Range<usize>, b: &Range<usize>) -> usize {
     if a.end <= b.start { b.start - a.end } else { a.start.saturating_sub(b.end) }
@@ -540,8 +570,8 @@ fn align_reading(
 
 /// Combines the piece hits of one owner into whole-pattern matches, per the pattern's joins,
 /// keeping only the longest of nested matches.
-fn combine(pattern: &Pattern, group: &[(Owner, u16, Range<usize>)]) -> Vec<Range<usize>> {
-    let piece_spans = |p: u16| group.iter().filter(move |g| g.1 == p).map(|g| g.2.clone());
+fn combine(pattern: &Pattern, group: &[(u16, Range<usize>)]) -> Vec<Range<usize>> {
+    let piece_spans = |p: u16| group.iter().filter(move |g| g.0 == p).map(|g| g.1.clone());
     let mut matches: Vec<Range<usize>> = Vec::new();
     'first: for first in piece_spans(0) {
         let mut whole = first.clone();
