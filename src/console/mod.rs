@@ -33,6 +33,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -65,6 +66,13 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resul
         tracing::info!(%addr, "console serving");
     }
     let token = shared.shutdown.clone();
+    // Alerts go out as small server-sent events; without TCP_NODELAY, Nagle's algorithm would
+    // hold one back while the previous is unacknowledged (as for the gRPC listener).
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "console connection: cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(shared)).with_graceful_shutdown(token.cancelled_owned()).await
 }
 
