@@ -100,6 +100,12 @@ pub struct LoadConfig {
     pub server_pids: Vec<u32>,
     /// Print progress on stderr once a second.
     pub progress: bool,
+    /// Bearer token sent on every `Screen` stream, for a server with authentication on: a
+    /// producer (or admin) token for the tenant `loadgen` (or `*`).
+    pub token: Option<String>,
+    /// Bearer token of the subscription: a supervisor (or admin) token for `loadgen`; `None`
+    /// is [`token`](Self::token).
+    pub subscribe_token: Option<String>,
 }
 
 /// Why a run could not take place.
@@ -117,6 +123,9 @@ pub enum LoadError {
     /// The corpus holds no text.
     #[error("the corpus {0} holds no text")]
     EmptyCorpus(PathBuf),
+    /// A token cannot be sent as an `authorization` header.
+    #[error("the token is not a valid header value (printable ASCII only)")]
+    Token,
     /// [`LoadConfig::endpoints`] is empty.
     #[error("no server address to load: give at least one endpoint")]
     NoEndpoints,
@@ -447,6 +456,23 @@ fn same_address(a: &str, b: &str) -> bool {
     }
 }
 
+/// An `authorization` header value, ready to attach to requests.
+type Authorization = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
+
+/// `Bearer <token>` as a header value; `None` without a token.
+fn authorization(token: Option<&str>) -> Result<Option<Authorization>, LoadError> {
+    token.map(|t| format!("Bearer {t}").parse().map_err(|_| LoadError::Token)).transpose()
+}
+
+/// `message` as a request, with the `authorization` header when there is one.
+fn authorized<T>(message: T, authorization: Option<Authorization>) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = authorization {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
 /// Runs one load against `config.endpoints` and returns what it measured.
 ///
 /// # Errors
@@ -483,9 +509,13 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
     let on_subscriber_node =
         config.endpoints.iter().map(|endpoint| same_address(endpoint, &subscribe_endpoint));
     let recorder = Arc::new(Recorder::new(config.conversations, on_subscriber_node.collect()));
+    let screen_authorization = authorization(config.token.as_deref())?;
+    let subscribe_authorization =
+        authorization(config.subscribe_token.as_deref().or(config.token.as_deref()))?;
     let mut alerts_client = AlertServiceClient::new(connect(subscribe_endpoint).await?);
+    let subscription = pb::SubscribeRequest { tenant_id: TENANT.into(), ..Default::default() };
     let events = alerts_client
-        .subscribe(pb::SubscribeRequest { tenant_id: TENANT.into(), ..Default::default() })
+        .subscribe(authorized(subscription, subscribe_authorization))
         .await
         .map_err(LoadError::Subscribe)?
         .into_inner();
@@ -508,6 +538,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
             Arc::clone(&recorder),
             stop_at,
             opened_tx.clone(),
+            screen_authorization.clone(),
         ));
     }
     drop(opened_tx);
@@ -653,6 +684,7 @@ async fn converse(
     recorder: Arc<Recorder>,
     stop_at: tokio::time::Instant,
     opened: mpsc::Sender<()>,
+    authorization: Option<Authorization>,
 ) {
     use pb::screen_request::Kind;
 
@@ -673,7 +705,7 @@ async fn converse(
     if tx.send(start).await.is_err() {
         return;
     }
-    let responses = match client.screen(ReceiverStream::new(rx)).await {
+    let responses = match client.screen(authorized(ReceiverStream::new(rx), authorization)).await {
         Ok(r) => r.into_inner(),
         Err(_) => {
             recorder.error();

@@ -5,7 +5,9 @@ use kasuhara_guard::config::Config;
 use kasuhara_guard::limits::Limits;
 use kasuhara_guard::loadgen::{self, LoadConfig, Mode};
 
-use crate::util::{shipped_config, start_server};
+use kasuhara_guard::auth::Role;
+
+use crate::util::{Tokens, shipped_config, start_server};
 
 /// Customer lines, two of which alert, so the subscriber has alerts to time.
 const LINES: &[&str] = &[
@@ -26,6 +28,8 @@ fn config(endpoint: String, mode: Mode) -> LoadConfig {
         corpus: Arc::new(LINES.iter().map(|s| (*s).to_owned()).collect()),
         server_pids: vec![std::process::id()],
         progress: false,
+        token: None,
+        subscribe_token: None,
     }
 }
 
@@ -60,6 +64,48 @@ async fn paced_run_reports_counts_and_latencies() {
     assert!(json["segments_per_s"].is_f64() && json["errors"].is_u64(), "help: {json}");
     assert_eq!(json["servers"][0]["pid"], std::process::id(), "help: {json}");
     assert!(json["servers"][0]["cpu_percent"].is_f64(), "help: figures sit beside the pid");
+    server.stop().await.expect("clean stop");
+}
+
+/// Against a server with authentication on, the load runs with a producer token for its
+/// streams and a supervisor token for its subscription; without a subscription token it is
+/// refused, and without a producer token every conversation fails and is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_load_a_server_with_authentication_on() {
+    let mut server_config = shipped_config();
+    let tokens = Tokens::install(
+        &mut server_config,
+        &[
+            ("lg-producer", Role::Producer, &["loadgen"]),
+            ("lg-supervisor", Role::Supervisor, &["loadgen"]),
+        ],
+    );
+    let server = start_server(server_config).await;
+    let with = |token: Option<&str>, subscribe_token: Option<&str>| LoadConfig {
+        token: token.map(str::to_owned),
+        subscribe_token: subscribe_token.map(str::to_owned),
+        ..config(server.endpoint(), Mode::Paced)
+    };
+    let (producer, supervisor) = (tokens.get("lg-producer"), tokens.get("lg-supervisor"));
+
+    let report = loadgen::run(with(Some(producer), Some(supervisor))).await.expect("load run");
+    assert_eq!(report.errors, 0, "help: {report:?}");
+    assert!(report.verdicts > 0 && report.alerts > 0, "help: {report:?}");
+
+    let refused = loadgen::run(with(None, None)).await.expect_err("no token");
+    let loadgen::LoadError::Subscribe(status) = refused else { panic!("got {refused:?}") };
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "help: {status:?}");
+    // The producer token alone cannot subscribe (it is used for both without --subscribe-token).
+    let refused = loadgen::run(with(Some(producer), None)).await.expect_err("producer");
+    let loadgen::LoadError::Subscribe(status) = refused else { panic!("got {refused:?}") };
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "help: {status:?}");
+
+    let report = loadgen::run(with(None, Some(supervisor))).await.expect("subscribed");
+    assert_eq!(report.errors, 4, "help: every conversation refused and counted: {report:?}");
+    assert_eq!(report.verdicts, 0, "help: {report:?}");
+
+    let bad = loadgen::run(with(Some("line\nbreak"), None)).await.expect_err("bad token");
+    assert!(matches!(bad, loadgen::LoadError::Token), "help: got {bad:?}");
     server.stop().await.expect("clean stop");
 }
 

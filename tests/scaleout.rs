@@ -308,6 +308,8 @@ async fn loadgen_drives_two_nodes_and_reports_cross_node_alert_latency() {
         corpus: Arc::new(LOAD_LINES.iter().map(|s| (*s).to_owned()).collect()),
         server_pids: vec![a.pid(), b.pid()],
         progress: false,
+        token: None,
+        subscribe_token: None,
     };
     let report = loadgen::run(config).await.expect("load run");
     assert_eq!(report.errors, 0, "help: {report:?}");

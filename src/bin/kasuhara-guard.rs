@@ -252,6 +252,14 @@ struct LoadgenArgs {
     /// Print the report as one JSON line (the last line of stdout).
     #[arg(long)]
     json: bool,
+    /// Bearer token for the Screen streams when the server has authentication on: a producer
+    /// or admin token for the tenant "loadgen".
+    #[arg(long, env = "KASUHARA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Bearer token for the subscription (a supervisor or admin token for "loadgen")
+    /// [default: --token].
+    #[arg(long, env = "KASUHARA_SUBSCRIBE_TOKEN", hide_env_values = true)]
+    subscribe_token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -837,6 +845,8 @@ async fn run_loadgen(args: LoadgenArgs) -> anyhow::Result<ExitCode> {
             None => args.server_pids,
         },
         progress: true,
+        token: args.token,
+        subscribe_token: args.subscribe_token,
     };
     let report = loadgen::run(config).await?;
     let mut value = serde_json::to_value(&report)?;
