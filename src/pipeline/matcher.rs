@@ -425,6 +425,7 @@ impl Matcher {
         let mut entry_spans: Vec<(usize, Range<usize>)> = Vec::new();
         let mut rule_spans: Vec<(usize, Range<usize>)> = Vec::new();
         let mut group_hits: Vec<(u16, Range<usize>)> = Vec::new();
+        let mut combined: Vec<Range<usize>> = Vec::new();
         for group in pieces.chunk_by(|a, b| a.slot() == b.slot()) {
             let slot = group[0].slot();
             let (pattern, spans) = match slot.checked_sub(entry_count) {
@@ -434,7 +435,8 @@ impl Matcher {
             group_hits.clear();
             group_hits.extend(group.iter().map(|hit| (hit.piece(), hit.span())));
             let index = slot.checked_sub(entry_count).unwrap_or(slot);
-            spans.extend(combine(pattern, &group_hits).into_iter().map(|span| (index, span)));
+            combine(pattern, &group_hits, &mut combined);
+            spans.extend(combined.drain(..).map(|span| (index, span)));
         }
         self.apply_context(&tokens, entry_spans, &rule_spans)
     }
@@ -569,10 +571,10 @@ fn align_reading(
 }
 
 /// Combines the piece hits of one owner into whole-pattern matches, per the pattern's joins,
-/// keeping only the longest of nested matches.
-fn combine(pattern: &Pattern, group: &[(u16, Range<usize>)]) -> Vec<Range<usize>> {
+/// and appends them to `out` in text order, keeping only the longest of nested matches.
+fn combine(pattern: &Pattern, group: &[(u16, Range<usize>)], out: &mut Vec<Range<usize>>) {
     let piece_spans = |p: u16| group.iter().filter(move |g| g.0 == p).map(|g| g.1.clone());
-    let mut matches: Vec<Range<usize>> = Vec::new();
+    let from = out.len();
     'first: for first in piece_spans(0) {
         let mut whole = first.clone();
         let mut last = first;
@@ -592,14 +594,23 @@ fn combine(pattern: &Pattern, group: &[(u16, Range<usize>)]) -> Vec<Range<usize>
             whole = whole.start.min(next.start)..whole.end.max(next.end);
             last = next;
         }
-        matches.push(whole);
+        out.push(whole);
     }
-    // Keep the longest: drop a match contained in another (殺す inside ぶっ殺す).
-    let all = matches.clone();
-    matches.retain(|m| !all.iter().any(|o| o != m && o.start <= m.start && m.end <= o.end));
-    matches.sort_by_key(|m| (m.start, m.end));
-    matches.dedup();
-    matches
+    // Keep the longest: drop a match contained in another (殺す inside ぶっ殺す). In order of
+    // start, longest first, a match is inside an earlier one exactly when it ends no later
+    // than the furthest end seen so far; what stays is in (start, end) order.
+    let found = &mut out[from..];
+    found.sort_unstable_by_key(|m| (m.start, std::cmp::Reverse(m.end)));
+    let mut furthest = 0;
+    let mut kept = from;
+    for i in from..out.len() {
+        if out[i].end > furthest {
+            furthest = out[i].end;
+            out.swap(kept, i);
+            kept += 1;
+        }
+    }
+    out.truncate(kept);
 }
 
 /// The key under which a word's base form enters the vocabulary.
