@@ -283,6 +283,11 @@ struct Token {
 impl Matcher {
     /// Compiles every entry and rule of `lexicon` into one automaton.
     ///
+    /// Tokenising the patterns, most of the work before the automaton, runs on up to
+    /// [`std::thread::available_parallelism`] threads for a lexicon of more than 2,048
+    /// pattern alternatives (on the calling thread otherwise); the result is the same for
+    /// any number of threads.
+    ///
     /// # Errors
     /// A pattern that normalises to nothing, a vocabulary too large for the encoding, a
     /// tokeniser failure, or an automaton build error.
@@ -692,7 +697,7 @@ struct Block {
     thread: usize,
     /// (key, alias) of every word, alternative after alternative. The alias is the key of the
     /// word's base-form reading, which lets kana spellings (ころす, コロス) share the id of the
-    /// kanji word (殺す).
+    /// kanji word (殺す). [`compile`] overwrites each key with its global slot.
     words: Vec<(u32, Option<u32>)>,
     /// The folded readings of every word, concatenated: each alternative's reading layer.
     readings: String,
@@ -906,7 +911,16 @@ fn tokenise_all(
     } else {
         let work = &work;
         thread::scope(|s| {
-            let helpers: Vec<_> = (1..threads).map(|t| s.spawn(move || work(t))).collect();
+            // Blocks are claimed as threads get to them, so a helper the OS will not start
+            // is simply missing, not a failure: the others take its share.
+            let helpers: Vec<_> = (1..threads)
+                .filter_map(|t| {
+                    thread::Builder::new()
+                        .name("lexicon-build".into())
+                        .spawn_scoped(s, move || work(t))
+                        .ok()
+                })
+                .collect();
             let mut all = vec![work(0)];
             for helper in helpers {
                 all.push(helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
@@ -978,6 +992,8 @@ fn compile(
             word.0 = key;
         }
     }
+    // The thread key tables are spent (their strings moved into `slots`); free them before
+    // the encoding allocates, to keep the build's peak down.
     drop((keys, local));
 
     // Final ids: one per union-find root, 1-based (0 is "not in any pattern"), numbered in
