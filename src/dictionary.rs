@@ -92,7 +92,11 @@ impl Pattern {
                             last.last().map(String::as_str).unwrap_or("")
                         ));
                     }
-                    let alternatives: Vec<String> = part.split('|').map(str::to_owned).collect();
+                    let mut alternatives: Vec<String> =
+                        part.split('|').map(str::to_owned).collect();
+                    // Kept for the matcher's lifetime: `collect` and `push` leave room for
+                    // four, and most patterns have one piece of one phrase.
+                    alternatives.shrink_to_fit();
                     if alternatives.iter().any(String::is_empty) {
                         return Err(format!("empty alternative in {part:?}"));
                     }
@@ -107,6 +111,8 @@ impl Pattern {
         if expect_piece {
             return Err("pattern ends with a join".to_owned());
         }
+        pieces.shrink_to_fit();
+        joins.shrink_to_fit();
         Ok(Pattern { pieces, joins })
     }
 }

@@ -32,9 +32,11 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::thread;
 use std::time::Instant;
 
 use aho_corasick::{AhoCorasick, MatchKind};
@@ -75,7 +77,7 @@ enum Owner {
 }
 
 /// One place an automaton pattern leads to: piece `piece` of `owner`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Target {
     owner: Owner,
     piece: u16,
@@ -103,6 +105,24 @@ pub struct Findings {
     pub silenced: Vec<(usize, Range<usize>, String)>,
 }
 
+/// Heap bytes of a matcher's compiled parts, from [`Matcher::memory_usage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatcherMemory {
+    /// The Aho-Corasick automaton (its own `memory_usage`).
+    pub automaton: usize,
+    /// What each automaton pattern stands for.
+    pub targets: usize,
+    /// Base-form keys and their ids (hash table and key strings).
+    pub vocabulary: usize,
+}
+
+impl MatcherMemory {
+    /// All three parts together.
+    pub fn total(&self) -> usize {
+        self.automaton + self.targets + self.vocabulary
+    }
+}
+
 /// The compiled lexicon: one automaton plus what each of its patterns means.
 ///
 /// Cloning is cheap (an `Arc`), so every stream can hold the current matcher while a reload
@@ -117,12 +137,24 @@ struct Inner {
     /// Tells this matcher's entries apart in the per-thread [`WORD_CACHE`].
     id: u64,
     automaton: AhoCorasick,
-    /// `targets[pattern id]`: every (owner, piece) that this pattern string stands for,
-    /// sorted by piece.
-    targets: Vec<Vec<Target>>,
+    /// Every (owner, piece) that a pattern string stands for, pattern after pattern, each
+    /// pattern's sorted by piece; see [`Inner::targets`]. One flat vector, not one per
+    /// pattern: most patterns have a single target, and 185,000 small vectors cost more in
+    /// headers and allocator overhead than the targets themselves.
+    targets: Vec<Target>,
+    /// `target_starts[p]..target_starts[p + 1]` are pattern `p`'s entries in `targets`.
+    target_starts: Vec<u32>,
     vocabulary: HashMap<String, u32>,
     lexicon: Lexicon,
     segmenter: JapaneseSegmenter,
+}
+
+impl Inner {
+    /// Every (owner, piece) that pattern `pattern` stands for, sorted by piece.
+    fn targets(&self, pattern: usize) -> &[Target] {
+        let (start, end) = (self.target_starts[pattern], self.target_starts[pattern + 1]);
+        &self.targets[start as usize..end as usize]
+    }
 }
 
 /// The two layers of one tokenisation (see the module doc), built word by word.
@@ -251,36 +283,27 @@ struct Token {
 impl Matcher {
     /// Compiles every entry and rule of `lexicon` into one automaton.
     ///
+    /// Tokenising the patterns, most of the work before the automaton, runs on up to
+    /// [`std::thread::available_parallelism`] threads for a lexicon of more than 2,048
+    /// pattern alternatives (on the calling thread otherwise); the result is the same for
+    /// any number of threads.
+    ///
     /// # Errors
     /// A pattern that normalises to nothing, a vocabulary too large for the encoding, a
     /// tokeniser failure, or an automaton build error.
     pub fn build(
-        lexicon: Lexicon,
+        mut lexicon: Lexicon,
         segmenter: JapaneseSegmenter,
     ) -> Result<Matcher, DictionaryError> {
-        let mut compiler = Compiler::new(&segmenter);
-        let mut pending = Vec::new();
-        for (i, entry) in lexicon.entries.iter().enumerate() {
-            compiler.tokenise(
-                Owner::Entry(i as u32),
-                &entry.pattern,
-                &entry.origin,
-                &mut pending,
-            )?;
-        }
-        for (i, rule) in lexicon.rules.iter().enumerate() {
-            compiler.tokenise(Owner::Rule(i as u32), &rule.pattern, &rule.origin, &mut pending)?;
-        }
-        let vocabulary =
-            compiler.vocabulary().map_err(|limit| DictionaryError::VocabularyFull { limit })?;
-        for p in pending {
-            compiler.encode(p, &vocabulary);
-        }
-        let Compiler { patterns, .. } = compiler;
-        let (strings, mut targets): (Vec<String>, Vec<Vec<Target>>) = patterns.into_iter().unzip();
-        for t in &mut targets {
-            t.sort_by_key(|t| t.piece); // first pieces first: `find_in` anchors on them
-        }
+        // The matcher keeps the lexicon: drop the slack its loader's vectors grew.
+        lexicon.entries.shrink_to_fit();
+        lexicon.rules.shrink_to_fit();
+        let alternatives = alternatives(&lexicon);
+        let threads = thread::available_parallelism().map_or(1, NonZeroUsize::get);
+        let (blocks, keys) = tokenise_all(&segmenter, &alternatives, threads, BLOCK_ALTERNATIVES)?;
+        let Compiled { strings, targets, target_starts, vocabulary } =
+            compile(&alternatives, blocks, keys)?;
+        drop(alternatives);
         let automaton = AhoCorasick::builder()
             .match_kind(MatchKind::Standard)
             .build(&strings)
@@ -290,6 +313,7 @@ impl Matcher {
                 id: NEXT_MATCHER_ID.fetch_add(1, Ordering::Relaxed),
                 automaton,
                 targets,
+                target_starts,
                 vocabulary,
                 lexicon,
                 segmenter,
@@ -309,7 +333,21 @@ impl Matcher {
 
     /// Number of distinct pattern strings in the automaton (both layers).
     pub fn pattern_count(&self) -> usize {
-        self.inner.targets.len()
+        self.inner.target_starts.len() - 1
+    }
+
+    /// Approximate heap bytes of what the build compiled (the automaton, the pattern targets
+    /// and the vocabulary), from their capacities; the lexicon's own entries are not counted.
+    pub fn memory_usage(&self) -> MatcherMemory {
+        let inner = &*self.inner;
+        let vocabulary = &inner.vocabulary;
+        MatcherMemory {
+            automaton: inner.automaton.memory_usage(),
+            targets: inner.targets.capacity() * size_of::<Target>()
+                + inner.target_starts.capacity() * size_of::<u32>(),
+            vocabulary: vocabulary.capacity() * (size_of::<(String, u32)>() + 1)
+                + vocabulary.keys().map(String::capacity).sum::<usize>(),
+        }
     }
 
     /// The tokeniser this matcher encodes text with.
@@ -406,16 +444,16 @@ impl Matcher {
         let mut anchored = vec![false; entry_count + inner.lexicon.rules.len()];
         for (p, _) in &matches {
             // Targets are sorted by piece, so the first pieces come first.
-            for t in inner.targets[*p].iter().take_while(|t| t.piece == 0) {
+            for t in inner.targets(*p).iter().take_while(|t| t.piece == 0) {
                 anchored[slot(t.owner)] = true;
             }
         }
         // Piece hits of anchored owners, packed (see `PieceHit`) so that sorting them, which
         // groups them by owner for `combine`, compares integers rather than tuples.
-        let most = matches.iter().map(|(p, _)| inner.targets[*p].len()).sum();
+        let most = matches.iter().map(|(p, _)| inner.targets(*p).len()).sum();
         let mut pieces: Vec<PieceHit> = Vec::with_capacity(most);
         for (p, span) in &matches {
-            for t in inner.targets[*p].iter().filter(|t| anchored[slot(t.owner)]) {
+            for t in inner.targets(*p).iter().filter(|t| anchored[slot(t.owner)]) {
                 pieces.push(PieceHit::new(slot(t.owner), t.piece, span));
             }
         }
@@ -654,201 +692,432 @@ fn lemma_key(base_form: &str, part_of_speech: &str) -> String {
     folded
 }
 
-/// One word of a pattern: its vocabulary key and the key of its base form's reading, which
-/// lets kana spellings (ころす, コロス) share the id of the kanji word (殺す).
-#[derive(Debug, Clone)]
-struct PatternWord {
-    key: String,
-    alias: Option<String>,
-    reading: String,
-}
+/// Alternatives a thread tokenises at a time. Threads take blocks in order from a shared
+/// counter, so a thread that gets less of the CPU (the machine may be busy) just takes fewer
+/// blocks; a lexicon of one block is tokenised on the calling thread, with no thread started.
+const BLOCK_ALTERNATIVES: usize = 2048;
 
-/// Turns pattern alternatives into automaton strings, sharing identical strings.
-///
-/// Two passes: first every alternative is tokenised and the vocabulary built (keys joined with
-/// their reading aliases, so the order of entries does not matter), then every alternative is
-/// encoded with the final ids.
-struct Compiler<'a> {
-    segmenter: &'a JapaneseSegmenter,
-    /// Union-find over vocabulary keys: `parent[i]`, with `keys` naming each slot.
-    parent: Vec<usize>,
-    slots: HashMap<String, usize>,
-    patterns: Vec<(String, Vec<Target>)>,
-    index: HashMap<String, usize>,
-    /// (base form, part of speech) → vocabulary key of the base form's own reading. A large
-    /// lexicon repeats a few thousand base forms across its entries, and tokenising each
-    /// again was most of its build time.
-    aliases: HashMap<(String, String), Option<String>>,
-    /// IPADIC word id → (key, base form, part of speech, folded reading): reading a word's
-    /// details again for each of the many patterns that use it was the rest.
-    known_words: HashMap<u32, (String, String, String, String)>,
-}
+/// Marks a thread-local key that has no global slot yet.
+const UNSLOTTED: u32 = u32::MAX;
 
-/// A tokenised alternative waiting for its ids.
-struct Pending {
+/// One alternative phrase of one pattern piece, in lexicon order (entries, then rules).
+struct Alternative<'l> {
     target: Target,
-    words: Vec<PatternWord>,
+    text: &'l str,
+    origin: &'l Origin,
 }
 
-impl<'a> Compiler<'a> {
+/// Every alternative of every entry and rule, in the order the automaton numbers them.
+fn alternatives(lexicon: &Lexicon) -> Vec<Alternative<'_>> {
+    let entries = lexicon
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (Owner::Entry(i as u32), &e.pattern, &e.origin));
+    let rules = lexicon
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (Owner::Rule(i as u32), &r.pattern, &r.origin));
+    let mut out = Vec::new();
+    for (owner, pattern, origin) in entries.chain(rules) {
+        for (piece, alternatives) in pattern.pieces.iter().enumerate() {
+            let target = Target { owner, piece: piece as u16 };
+            out.extend(alternatives.iter().map(|text| Alternative { target, text, origin }));
+        }
+    }
+    out
+}
+
+/// The tokenised words of a run of consecutive alternatives. Keys are ids in the key table of
+/// the thread that tokenised the block; [`compile`] maps them to global slots.
+struct Block {
+    /// Index of the block's first alternative.
+    start: usize,
+    /// The thread whose key table `words` refers to.
+    thread: usize,
+    /// (key, alias) of every word, alternative after alternative. The alias is the key of the
+    /// word's base-form reading, which lets kana spellings (ころす, コロス) share the id of the
+    /// kanji word (殺す). [`compile`] overwrites each key with its global slot.
+    words: Vec<(u32, Option<u32>)>,
+    /// The folded readings of every word, concatenated: each alternative's reading layer.
+    readings: String,
+    /// Per alternative: where its words end in `words` and its reading in `readings`.
+    ends: Vec<(u32, u32)>,
+}
+
+/// A word as the compiler reads it from the tokeniser.
+struct Described {
+    key: String,
+    base: String,
+    pos: String,
+    reading: String,
+    /// (key id, alias id) once resolved; only dictionary words, which recur, keep it.
+    resolved: Option<(u32, Option<u32>)>,
+}
+
+impl Described {
+    fn new(w: Word<'_>) -> Self {
+        Self {
+            key: lemma_key(w.base_form, w.part_of_speech),
+            base: w.base_form.to_owned(),
+            pos: w.part_of_speech.to_owned(),
+            reading: fold_kana(w.reading).into_owned(),
+            resolved: None,
+        }
+    }
+}
+
+/// One thread's tokenising state. Its memos are per thread, so threads share nothing while
+/// they tokenise; a base form that two threads meet is simply read twice.
+struct Tokeniser<'a> {
+    segmenter: &'a JapaneseSegmenter,
+    /// Key id → vocabulary key, in the order this thread first met them.
+    keys: Vec<String>,
+    key_ids: HashMap<String, u32>,
+    /// IPADIC word id → the word: reading a word's details again for each of the many
+    /// patterns that use it was a large part of the build.
+    known: HashMap<u32, Described>,
+    /// "base form\0part of speech" → key id of the base form's own reading. A large lexicon
+    /// repeats a few thousand base forms, and tokenising each again was most of its build time.
+    aliases: HashMap<String, Option<u32>>,
+}
+
+impl<'a> Tokeniser<'a> {
     fn new(segmenter: &'a JapaneseSegmenter) -> Self {
         Self {
             segmenter,
-            parent: Vec::new(),
-            slots: HashMap::new(),
-            patterns: Vec::new(),
-            index: HashMap::new(),
+            keys: Vec::new(),
+            key_ids: HashMap::new(),
+            known: HashMap::new(),
             aliases: HashMap::new(),
-            known_words: HashMap::new(),
         }
     }
 
-    fn slot(&mut self, key: &str) -> usize {
-        if let Some(&s) = self.slots.get(key) {
-            return s;
-        }
-        let s = self.parent.len();
-        self.parent.push(s);
-        self.slots.insert(key.to_owned(), s);
-        s
-    }
-
-    fn root(&mut self, mut s: usize) -> usize {
-        while self.parent[s] != s {
-            self.parent[s] = self.parent[self.parent[s]];
-            s = self.parent[s];
-        }
-        s
-    }
-
-    fn union(&mut self, a: &str, b: &str) {
-        let (ra, rb) = (self.slot(a), self.slot(b));
-        let (ra, rb) = (self.root(ra), self.root(rb));
-        if ra != rb {
-            self.parent[rb] = ra;
-        }
-    }
-
-    /// Tokenises every alternative of `pattern`.
-    fn tokenise(
+    /// Tokenises `alternatives`, which start at index `start`; stops at the first failure.
+    fn block(
         &mut self,
-        owner: Owner,
-        pattern: &Pattern,
-        origin: &Origin,
-        pending: &mut Vec<Pending>,
-    ) -> Result<(), DictionaryError> {
-        for (piece, alternatives) in pattern.pieces.iter().enumerate() {
-            let target = Target { owner, piece: piece as u16 };
-            for alternative in alternatives {
-                let words = self.words(alternative, origin)?;
-                for w in &words {
-                    self.slot(&w.key);
-                    if let Some(alias) = &w.alias {
-                        self.union(&w.key.clone(), &alias.clone());
-                    }
-                }
-                pending.push(Pending { target, words });
-            }
+        thread: usize,
+        start: usize,
+        alternatives: &[Alternative<'_>],
+    ) -> Result<Block, DictionaryError> {
+        let mut block = Block {
+            start,
+            thread,
+            words: Vec::with_capacity(2 * alternatives.len()),
+            readings: String::new(),
+            ends: Vec::with_capacity(alternatives.len()),
+        };
+        for alternative in alternatives {
+            self.alternative(alternative, &mut block)?;
         }
-        Ok(())
+        Ok(block)
     }
 
-    fn words(&mut self, text: &str, origin: &Origin) -> Result<Vec<PatternWord>, DictionaryError> {
-        let normalized = normalize(text);
+    /// Appends the words of one alternative to `block`.
+    fn alternative(
+        &mut self,
+        alternative: &Alternative<'_>,
+        block: &mut Block,
+    ) -> Result<(), DictionaryError> {
+        let origin = alternative.origin;
         let tokenise_error = |source| DictionaryError::Tokenise { origin: origin.clone(), source };
-        // (key, base form, part of speech, reading) per word.
-        let mut raw: Vec<(String, String, String, String)> = Vec::new();
-        let known = &mut self.known_words;
-        self.segmenter
+        let normalized = normalize(alternative.text);
+        let Tokeniser { segmenter, keys, key_ids, known, aliases } = self;
+        // A dictionary word by its IPADIC id (described in `known`), an unknown one in full.
+        let mut raw: Vec<Result<u32, Described>> = Vec::new();
+        segmenter
             .for_each_token(normalized.as_str(), |token| {
-                let describe = |w: Word<'_>| {
-                    (
-                        lemma_key(w.base_form, w.part_of_speech),
-                        w.base_form.to_owned(),
-                        w.part_of_speech.to_owned(),
-                        fold_kana(w.reading).into_owned(),
-                    )
-                };
                 raw.push(match token.id() {
-                    Some(id) => known.entry(id).or_insert_with(|| describe(token.word())).clone(),
-                    None => describe(token.word()),
+                    Some(id) => {
+                        known.entry(id).or_insert_with(|| Described::new(token.word()));
+                        Ok(id)
+                    }
+                    None => Err(Described::new(token.word())),
                 });
             })
             .map_err(tokenise_error)?;
         if raw.is_empty() {
             return Err(DictionaryError::EmptyPattern {
                 origin: origin.clone(),
-                pattern: text.to_owned(),
+                pattern: alternative.text.to_owned(),
             });
         }
-        let mut words = Vec::with_capacity(raw.len());
-        for (key, base, pos, reading) in raw {
-            let alias = match self.aliases.get(&(base.clone(), pos.clone())) {
-                Some(alias) => alias.clone(),
+        let mut resolve = |d: &Described| -> Result<(u32, Option<u32>), SegmentError> {
+            let key = intern(keys, key_ids, &d.key);
+            let lookup = format!("{}\0{}", d.base, d.pos);
+            let alias = match aliases.get(&lookup) {
+                Some(&alias) => alias,
                 None => {
-                    let alias = self.base_form_reading(&base, &pos).map_err(tokenise_error)?;
-                    self.aliases.insert((base, pos), alias.clone());
+                    let alias = base_form_reading(segmenter, &d.base, &d.pos)?
+                        .map(|a| intern(keys, key_ids, &a));
+                    aliases.insert(lookup, alias);
                     alias
                 }
             };
-            let alias = alias.filter(|a| *a != key);
-            words.push(PatternWord { key, alias, reading });
+            Ok((key, alias.filter(|&a| a != key)))
+        };
+        for word in raw {
+            let (resolved, reading) = match word {
+                Ok(id) => {
+                    // Invariant: the callback above described every id it returned.
+                    let d = known.get_mut(&id).expect("described while tokenising");
+                    let resolved = match d.resolved {
+                        Some(resolved) => resolved,
+                        None => *d.resolved.insert(resolve(d).map_err(tokenise_error)?),
+                    };
+                    (resolved, &d.reading)
+                }
+                Err(d) => {
+                    block.readings.push_str(&d.reading);
+                    block.words.push(resolve(&d).map_err(tokenise_error)?);
+                    continue;
+                }
+            };
+            block.readings.push_str(reading);
+            block.words.push(resolved);
         }
-        Ok(words)
+        block.ends.push((block.words.len() as u32, block.readings.len() as u32));
+        Ok(())
     }
+}
 
-    /// The vocabulary key of the reading of the base form itself (殺す → ころす), read by
-    /// tokenising it alone; `None` unless it is one word.
-    fn base_form_reading(&self, base: &str, pos: &str) -> Result<Option<String>, SegmentError> {
-        let mut alias = None;
-        let mut count = 0;
-        self.segmenter.for_each_word(base, |w| {
-            count += 1;
-            alias = Some(lemma_key(&fold_kana(w.reading), pos));
-        })?;
-        Ok(alias.filter(|_| count == 1))
+/// The id of `key` in one thread's key table, adding it if new.
+fn intern(keys: &mut Vec<String>, key_ids: &mut HashMap<String, u32>, key: &str) -> u32 {
+    if let Some(&id) = key_ids.get(key) {
+        return id;
     }
+    let id = keys.len() as u32;
+    keys.push(key.to_owned());
+    key_ids.insert(key.to_owned(), id);
+    id
+}
 
-    /// Assigns final ids: one per union-find root, 1-based (0 is "not in any pattern").
-    fn vocabulary(&mut self) -> Result<HashMap<String, u32>, usize> {
-        let mut root_ids: HashMap<usize, u32> = HashMap::new();
-        let mut vocabulary = HashMap::with_capacity(self.slots.len());
-        let keys: Vec<(String, usize)> = self.slots.iter().map(|(k, &s)| (k.clone(), s)).collect();
-        for (key, slot) in keys {
-            let root = self.root(slot);
-            let next = root_ids.len() as u32 + 1;
-            let id = *root_ids.entry(root).or_insert(next);
-            if id as usize > MAX_VOCABULARY {
-                return Err(MAX_VOCABULARY);
+/// The vocabulary key of the reading of the base form itself (殺す → ころす), read by
+/// tokenising it alone; `None` unless it is one word.
+fn base_form_reading(
+    segmenter: &JapaneseSegmenter,
+    base: &str,
+    pos: &str,
+) -> Result<Option<String>, SegmentError> {
+    let mut alias = None;
+    let mut count = 0;
+    segmenter.for_each_word(base, |w| {
+        count += 1;
+        alias = Some(lemma_key(&fold_kana(w.reading), pos));
+    })?;
+    Ok(alias.filter(|_| count == 1))
+}
+
+/// Tokenises every alternative, on up to `threads` threads, `block_alternatives` at a time;
+/// returns the blocks in order and
+/// each thread's key table.
+///
+/// Tokenising is most of the build and each alternative is independent, so it runs on every
+/// core; what depends on all of them (the vocabulary, the encoding) runs after, in order, so
+/// the result does not depend on how the blocks were shared out.
+///
+/// # Errors
+/// The error of the first alternative that fails, as a sequential build would report it:
+/// blocks are claimed in order and each stops at its first failure, so every block before a
+/// failed one was tokenised whole.
+fn tokenise_all(
+    segmenter: &JapaneseSegmenter,
+    alternatives: &[Alternative<'_>],
+    threads: usize,
+    block_alternatives: usize,
+) -> Result<(Vec<Block>, Vec<Vec<String>>), DictionaryError> {
+    let block_count = alternatives.len().div_ceil(block_alternatives);
+    let threads = threads.clamp(1, block_count.max(1));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let work = |thread: usize| {
+        let mut tokeniser = Tokeniser::new(segmenter);
+        let mut done = Vec::new();
+        while !failed.load(Ordering::Relaxed) {
+            let b = next.fetch_add(1, Ordering::Relaxed);
+            if b >= block_count {
+                break;
             }
-            vocabulary.insert(key, id);
+            let start = b * block_alternatives;
+            let end = (start + block_alternatives).min(alternatives.len());
+            let block = tokeniser.block(thread, start, &alternatives[start..end]);
+            failed.fetch_or(block.is_err(), Ordering::Relaxed);
+            done.push((b, block));
         }
-        Ok(vocabulary)
+        (tokeniser.keys, done)
+    };
+    let per_thread = if threads == 1 {
+        vec![work(0)]
+    } else {
+        let work = &work;
+        thread::scope(|s| {
+            // Blocks are claimed as threads get to them, so a helper the OS will not start
+            // is simply missing, not a failure: the others take its share.
+            let helpers: Vec<_> = (1..threads)
+                .filter_map(|t| {
+                    thread::Builder::new()
+                        .name("lexicon-build".into())
+                        .spawn_scoped(s, move || work(t))
+                        .ok()
+                })
+                .collect();
+            let mut all = vec![work(0)];
+            for helper in helpers {
+                all.push(helper.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+            }
+            all
+        })
+    };
+    let mut keys = Vec::with_capacity(per_thread.len());
+    let mut blocks = Vec::with_capacity(block_count);
+    for (thread_keys, done) in per_thread {
+        keys.push(thread_keys);
+        blocks.extend(done);
+    }
+    blocks.sort_unstable_by_key(|(b, _)| *b);
+    let blocks = blocks.into_iter().map(|(_, block)| block).collect::<Result<_, _>>()?;
+    Ok((blocks, keys))
+}
+
+/// The compiled form of a lexicon: automaton strings and what each stands for.
+#[cfg_attr(test, derive(Debug, PartialEq))]
+struct Compiled {
+    strings: Vec<String>,
+    targets: Vec<Target>,
+    target_starts: Vec<u32>,
+    vocabulary: HashMap<String, u32>,
+}
+
+/// Builds the vocabulary from the tokenised blocks and encodes every alternative with it,
+/// sharing identical strings.
+///
+/// Two passes: first every word's key is given a slot and joined with its reading alias in
+/// a union-find (so the order of entries does not matter), then every alternative is encoded
+/// with the final ids. Both walk the blocks in lexicon order, so slots, ids and pattern
+/// numbers are the same however many threads tokenised.
+///
+/// # Errors
+/// A vocabulary too large for the encoding.
+fn compile(
+    alternatives: &[Alternative<'_>],
+    mut blocks: Vec<Block>,
+    mut keys: Vec<Vec<String>>,
+) -> Result<Compiled, DictionaryError> {
+    // Union-find over vocabulary keys: `parent[slot]`, `slots` naming each slot.
+    let mut slots: HashMap<String, u32> = HashMap::new();
+    let mut parent: Vec<u32> = Vec::new();
+    let mut local: Vec<Vec<u32>> = keys.iter().map(|k| vec![UNSLOTTED; k.len()]).collect();
+    for block in &mut blocks {
+        let (keys, local) = (&mut keys[block.thread], &mut local[block.thread]);
+        let mut slot = |id: u32, parent: &mut Vec<u32>| {
+            let id = id as usize;
+            if local[id] == UNSLOTTED {
+                let next = parent.len() as u32;
+                local[id] = *slots.entry(std::mem::take(&mut keys[id])).or_insert_with(|| {
+                    parent.push(next);
+                    next
+                });
+            }
+            local[id]
+        };
+        for word in &mut block.words {
+            let key = slot(word.0, &mut parent);
+            if let Some(alias) = word.1 {
+                let alias = slot(alias, &mut parent);
+                let (ra, rb) = (root(&mut parent, key), root(&mut parent, alias));
+                if ra != rb {
+                    parent[rb as usize] = ra;
+                }
+            }
+            word.0 = key;
+        }
+    }
+    // The thread key tables are spent (their strings moved into `slots`); free them before
+    // the encoding allocates, to keep the build's peak down.
+    drop((keys, local));
+
+    // Final ids: one per union-find root, 1-based (0 is "not in any pattern"), numbered in
+    // slot order so that a lexicon always encodes the same way.
+    let mut root_ids = vec![0u32; parent.len()];
+    let mut roots = 0;
+    for s in 0..parent.len() as u32 {
+        let r = root(&mut parent, s) as usize;
+        if root_ids[r] == 0 {
+            roots += 1;
+            if roots > MAX_VOCABULARY {
+                return Err(DictionaryError::VocabularyFull { limit: MAX_VOCABULARY });
+            }
+            root_ids[r] = roots as u32;
+        }
+    }
+    let ids: Vec<u32> =
+        (0..parent.len() as u32).map(|s| root_ids[root(&mut parent, s) as usize]).collect();
+    drop((parent, root_ids));
+    let mut vocabulary = slots;
+    for id in vocabulary.values_mut() {
+        *id = ids[*id as usize];
     }
 
-    fn encode(&mut self, pending: Pending, vocabulary: &HashMap<String, u32>) {
-        let mut lemmas = String::new();
-        let mut reading = String::new();
-        for w in &pending.words {
-            // Invariant: every pattern key was given a slot in `tokenise`.
-            lemmas.push(lemma_char(vocabulary[&w.key]));
-            reading.push_str(&w.reading);
-        }
-        self.push(lemmas, pending.target);
-        if reading.chars().count() >= MIN_READING_CHARS {
-            self.push(reading, pending.target);
-        }
-    }
-
-    fn push(&mut self, string: String, target: Target) {
-        match self.index.get(&string) {
-            Some(&i) => self.patterns[i].1.push(target),
+    // Encode: each alternative as its base-form string, and as its reading when that is long
+    // enough; identical strings become one pattern with several targets.
+    let mut index: HashMap<String, u32> = HashMap::new();
+    let mut owners: Vec<(u32, Target)> = Vec::with_capacity(2 * alternatives.len());
+    let mut push = |string: &str, target: Target| {
+        let id = match index.get(string) {
+            Some(&id) => id,
             None => {
-                self.index.insert(string.clone(), self.patterns.len());
-                self.patterns.push((string, vec![target]));
+                let id = index.len() as u32;
+                index.insert(string.to_owned(), id);
+                id
             }
+        };
+        owners.push((id, target));
+    };
+    let mut lemmas = String::new();
+    for block in &blocks {
+        let (mut word, mut reading) = (0, 0);
+        for (i, &(word_end, reading_end)) in block.ends.iter().enumerate() {
+            let target = alternatives[block.start + i].target;
+            let (word_end, reading_end) = (word_end as usize, reading_end as usize);
+            lemmas.clear();
+            lemmas
+                .extend(block.words[word..word_end].iter().map(|w| lemma_char(ids[w.0 as usize])));
+            push(&lemmas, target);
+            let readings = &block.readings[reading..reading_end];
+            if readings.chars().count() >= MIN_READING_CHARS {
+                push(readings, target);
+            }
+            (word, reading) = (word_end, reading_end);
         }
     }
+    drop(blocks);
+
+    let mut strings = vec![String::new(); index.len()];
+    for (string, id) in index {
+        strings[id as usize] = string;
+    }
+    // Stable: a pattern's targets stay in lexicon order within a piece, first pieces first
+    // (`find_in` anchors on them).
+    owners.sort_by_key(|&(id, t)| (id, t.piece));
+    let mut target_starts = vec![0u32; strings.len() + 1];
+    for &(id, _) in &owners {
+        target_starts[id as usize + 1] += 1;
+    }
+    for i in 1..target_starts.len() {
+        target_starts[i] += target_starts[i - 1];
+    }
+    let targets = owners.into_iter().map(|(_, t)| t).collect();
+    Ok(Compiled { strings, targets, target_starts, vocabulary })
+}
+
+/// The root of `s` in the union-find, halving the path on the way.
+fn root(parent: &mut [u32], mut s: u32) -> u32 {
+    while parent[s as usize] != s {
+        parent[s as usize] = parent[parent[s as usize] as usize];
+        s = parent[s as usize];
+    }
+    s
 }
 
 #[cfg(test)]
@@ -950,5 +1219,46 @@ c.legit\tlegit\t-\t返金してください\tlegit
         assert_eq!(hits("ころすぞ")[0].2, "ころす");
         // 謝れよ is one token here (IPADIC reads it as an imperative with よ).
         assert_eq!(hits("土下座してでも謝れよ")[0].2, "土下座してでも謝れよ");
+    }
+
+    fn compiled(lexicon: &Lexicon, threads: usize, block: usize) -> Result<Compiled, String> {
+        let segmenter = matcher().segmenter();
+        let alternatives = alternatives(lexicon);
+        let (blocks, keys) =
+            tokenise_all(segmenter, &alternatives, threads, block).map_err(|e| e.to_string())?;
+        compile(&alternatives, blocks, keys).map_err(|e| e.to_string())
+    }
+
+    /// Tokenising on several threads compiles exactly what one thread does: the same strings
+    /// in the same order, the same targets and the same vocabulary ids.
+    #[test]
+    fn threads_do_not_change_the_result() {
+        let lexicon = matcher().lexicon();
+        let one = compiled(lexicon, 1, 1 << 20).expect("compiles");
+        for (threads, block) in [(1, 1), (2, 1), (4, 3), (3, 5)] {
+            let many = compiled(lexicon, threads, block).expect("compiles");
+            assert_eq!(many, one, "help: {threads} threads, blocks of {block}");
+        }
+    }
+
+    /// With several blocks failing, the error names the first failing entry, as a
+    /// sequential build would.
+    #[test]
+    fn first_failure_is_reported() {
+        let entries = "\
+t.a\tATTACK\tLOW\ta\t殺す\t-\ta
+t.b\tATTACK\tLOW\tb\t馬鹿\t-\tb
+t.c\tATTACK\tLOW\tc\t\u{7}\t-\tc
+t.d\tATTACK\tLOW\td\t無能\t-\td
+t.e\tATTACK\tLOW\te\t\u{7}\u{7}\t-\te
+";
+        let lexicon = Lexicon::parse_files([(Path::new("t.tsv"), entries)]).expect("parses");
+        for (threads, block) in [(1, 1 << 20), (2, 1), (4, 1), (2, 2)] {
+            let err = compiled(&lexicon, threads, block).expect_err("empty pattern");
+            assert!(
+                err.starts_with("t.tsv:3:"),
+                "help: {threads} threads, blocks of {block}: {err}"
+            );
+        }
     }
 }
