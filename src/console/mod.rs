@@ -54,8 +54,9 @@ const CONSOLE_JS: &str = include_str!("assets/console.js");
 const CONSOLE_CSS: &str = include_str!("assets/console.css");
 
 /// Server-sent events buffered per browser between its subscription and its socket; the
-/// subscriber's real queue is the bus's, as for gRPC.
-const SSE_BUFFER: usize = 8;
+/// subscriber's real queue is the bus's, as for gRPC, and this one is as deep as the gRPC
+/// stream's so that a busy runtime moves many events per wake-up (see `grpc::alerts`).
+const SSE_BUFFER: usize = 128;
 
 /// Serves the console on `listener` until the server's shutdown token is cancelled.
 ///
