@@ -21,9 +21,10 @@
 //!    (ところすみません contains こ・ろ・す but not on boundaries) and it does not start on a
 //!    particle or auxiliary verb.
 //!
-//! Both layers are concatenated into one haystack separated by U+0001, and every pattern
-//! alternative of every entry and rule is compiled into both layers of *one* automaton.
-//! The search is overlapping (`MatchKind::Standard`), unlike the usual dictionary search with
+//! Every pattern alternative of every entry and rule is compiled into both layers: one
+//! automaton holds the base-form strings and searches the base-form layer, another the
+//! readings and searches the reading layer (two, so that a large lexicon builds them on two
+//! cores at once). The search is overlapping (`MatchKind::Standard`), unlike the usual dictionary search with
 //! `LeftmostLongest`: context rules must see markers that overlap entry hits (お前 inside
 //! お前殺すぞ), and we choose the longest evidence ourselves afterwards.
 //!
@@ -55,8 +56,6 @@ const PLANE_15_IDS: u32 = 0xFFFE;
 const PLANE_16_BASE: u32 = 0x10_0000;
 /// The most distinct base forms the encoding can hold (both private-use planes, less id 0).
 pub const MAX_VOCABULARY: usize = 2 * PLANE_15_IDS as usize - 1;
-/// Separates the two layers in the haystack; stripped from text by the normaliser.
-const LAYER_SEPARATOR: char = '\u{1}';
 /// Reading-layer patterns shorter than this (in chars) are too ambiguous to use: a single
 /// kana matches everywhere. Their base-form layer still applies.
 const MIN_READING_CHARS: usize = 2;
@@ -108,7 +107,7 @@ pub struct Findings {
 /// Heap bytes of a matcher's compiled parts, from [`Matcher::memory_usage`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MatcherMemory {
-    /// The Aho-Corasick automaton (its own `memory_usage`).
+    /// The two Aho-Corasick automata (their own `memory_usage`).
     pub automaton: usize,
     /// What each automaton pattern stands for.
     pub targets: usize,
@@ -123,7 +122,7 @@ impl MatcherMemory {
     }
 }
 
-/// The compiled lexicon: one automaton plus what each of its patterns means.
+/// The compiled lexicon: the automata of both layers plus what each of their patterns means.
 ///
 /// Cloning is cheap (an `Arc`), so every stream can hold the current matcher while a reload
 /// builds the next one beside it.
@@ -136,7 +135,12 @@ pub struct Matcher {
 struct Inner {
     /// Tells this matcher's entries apart in the per-thread [`WORD_CACHE`].
     id: u64,
-    automaton: AhoCorasick,
+    /// Searches the base-form layer; its pattern `i` is pattern `i`.
+    lemma_automaton: AhoCorasick,
+    /// Searches the reading layer; its pattern `i` is pattern `lemma_patterns + i`.
+    reading_automaton: AhoCorasick,
+    /// How many patterns are base-form strings (they come first).
+    lemma_patterns: usize,
     /// Every (owner, piece) that a pattern string stands for, pattern after pattern, each
     /// pattern's sorted by piece; see [`Inner::targets`]. One flat vector, not one per
     /// pattern: most patterns have a single target, and 185,000 small vectors cost more in
@@ -281,12 +285,13 @@ struct Token {
 }
 
 impl Matcher {
-    /// Compiles every entry and rule of `lexicon` into one automaton.
+    /// Compiles every entry and rule of `lexicon` into the automata of both layers.
     ///
     /// Tokenising the patterns, most of the work before the automaton, runs on up to
     /// [`std::thread::available_parallelism`] threads for a lexicon of more than 2,048
     /// pattern alternatives (on the calling thread otherwise); the result is the same for
-    /// any number of threads.
+    /// any number of threads. The two automata are then built side by side when there is
+    /// more than one core.
     ///
     /// # Errors
     /// A pattern that normalises to nothing, a vocabulary too large for the encoding, a
@@ -301,17 +306,39 @@ impl Matcher {
         let alternatives = alternatives(&lexicon);
         let threads = thread::available_parallelism().map_or(1, NonZeroUsize::get);
         let (blocks, keys) = tokenise_all(&segmenter, &alternatives, threads, BLOCK_ALTERNATIVES)?;
-        let Compiled { strings, targets, target_starts, vocabulary } =
+        let Compiled { strings, lemma_patterns, targets, target_starts, vocabulary } =
             compile(&alternatives, blocks, keys)?;
         drop(alternatives);
-        let automaton = AhoCorasick::builder()
-            .match_kind(MatchKind::Standard)
-            .build(&strings)
-            .map_err(DictionaryError::Build)?;
+        let (lemmas, readings) = strings.split_at(lemma_patterns);
+        let build = |strings: &[String]| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::Standard)
+                .build(strings)
+                .map_err(DictionaryError::Build)
+        };
+        let (lemma_automaton, reading_automaton) = if threads > 1 {
+            thread::scope(|scope| {
+                let helper = thread::Builder::new().spawn_scoped(scope, || build(readings));
+                let lemma = build(lemmas);
+                // A helper the OS will not start: build the readings here instead.
+                let reading = match helper {
+                    Ok(handle) => {
+                        handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    }
+                    Err(_) => build(readings),
+                };
+                (lemma, reading)
+            })
+        } else {
+            (build(lemmas), build(readings))
+        };
+        drop(strings);
         Ok(Matcher {
             inner: Arc::new(Inner {
                 id: NEXT_MATCHER_ID.fetch_add(1, Ordering::Relaxed),
-                automaton,
+                lemma_automaton: lemma_automaton?,
+                reading_automaton: reading_automaton?,
+                lemma_patterns,
                 targets,
                 target_starts,
                 vocabulary,
@@ -331,7 +358,7 @@ impl Matcher {
         &self.inner.lexicon
     }
 
-    /// Number of distinct pattern strings in the automaton (both layers).
+    /// Number of distinct pattern strings in the automata (both layers).
     pub fn pattern_count(&self) -> usize {
         self.inner.target_starts.len() - 1
     }
@@ -342,7 +369,8 @@ impl Matcher {
         let inner = &*self.inner;
         let vocabulary = &inner.vocabulary;
         MatcherMemory {
-            automaton: inner.automaton.memory_usage(),
+            automaton: inner.lemma_automaton.memory_usage()
+                + inner.reading_automaton.memory_usage(),
             targets: inner.targets.capacity() * size_of::<Target>()
                 + inner.target_starts.capacity() * size_of::<u32>(),
             vocabulary: vocabulary.capacity() * (size_of::<(String, u32)>() + 1)
@@ -406,32 +434,16 @@ impl Matcher {
         if tokens.is_empty() {
             return Findings::default();
         }
-        let lemma_len = lemmas.len();
-        let reading_offset = lemma_len + LAYER_SEPARATOR.len_utf8();
-        let mut haystack = lemmas;
-        haystack.push(LAYER_SEPARATOR);
-        haystack.push_str(&readings);
-
-        // (pattern, token span) of every hit in either layer.
+        // (pattern, token span) of every hit in either layer, base forms first.
         let mut matches: Vec<(usize, Range<usize>)> = Vec::with_capacity(2 * tokens.len());
-        for m in inner.automaton.find_overlapping_iter(&haystack) {
-            let span = if m.end() <= lemma_len {
-                // Each token is one 4-byte scalar in the base-form layer.
-                m.start() / 4..m.end() / 4
-            } else if m.start() >= reading_offset {
-                match align_reading(
-                    &tokens,
-                    &haystack[reading_offset..],
-                    m.start() - reading_offset,
-                    m.end() - reading_offset,
-                ) {
-                    Some(span) => span,
-                    None => continue,
-                }
-            } else {
-                continue; // cannot happen: no pattern contains the separator
-            };
-            matches.push((m.pattern().as_usize(), span));
+        for m in inner.lemma_automaton.find_overlapping_iter(&lemmas) {
+            // Each token is one 4-byte scalar in the base-form layer.
+            matches.push((m.pattern().as_usize(), m.start() / 4..m.end() / 4));
+        }
+        for m in inner.reading_automaton.find_overlapping_iter(&readings) {
+            if let Some(span) = align_reading(&tokens, &readings, m.start(), m.end()) {
+                matches.push((inner.lemma_patterns + m.pattern().as_usize(), span));
+            }
         }
         // Only owners whose first piece hit can match at all. Endings such as ぞ or から are
         // later pieces of hundreds of entries and hit in most sentences; skipping owners
@@ -983,7 +995,10 @@ fn tokenise_all(
 /// The compiled form of a lexicon: automaton strings and what each stands for.
 #[cfg_attr(test, derive(Debug, PartialEq))]
 struct Compiled {
+    /// The base-form strings, then the readings.
     strings: Vec<String>,
+    /// How many of `strings` are base-form strings.
+    lemma_patterns: usize,
     targets: Vec<Target>,
     target_starts: Vec<u32>,
     vocabulary: HashMap<String, u32>,
@@ -1060,10 +1075,13 @@ fn compile(
     }
 
     // Encode: each alternative as its base-form string, and as its reading when that is long
-    // enough; identical strings become one pattern with several targets.
-    let mut index: HashMap<String, u32> = HashMap::new();
+    // enough; identical strings of one layer become one pattern with several targets. Each
+    // layer numbers its own strings; the readings' numbers move past the base forms' below.
+    let mut index: [HashMap<String, u32>; 2] = [HashMap::new(), HashMap::new()];
     let mut owners: Vec<(u32, Target)> = Vec::with_capacity(2 * alternatives.len());
-    let mut push = |string: &str, target: Target| {
+    let mut reading_owner = Vec::with_capacity(alternatives.len());
+    let mut push = |layer: usize, string: &str, target: Target| {
+        let index = &mut index[layer];
         let id = match index.get(string) {
             Some(&id) => id,
             None => {
@@ -1072,6 +1090,9 @@ fn compile(
                 id
             }
         };
+        if layer == READING_LAYER {
+            reading_owner.push(owners.len());
+        }
         owners.push((id, target));
     };
     let mut lemmas = String::new();
@@ -1083,19 +1104,28 @@ fn compile(
             lemmas.clear();
             lemmas
                 .extend(block.words[word..word_end].iter().map(|w| lemma_char(ids[w.0 as usize])));
-            push(&lemmas, target);
+            push(LEMMA_LAYER, &lemmas, target);
             let readings = &block.readings[reading..reading_end];
             if readings.chars().count() >= MIN_READING_CHARS {
-                push(readings, target);
+                push(READING_LAYER, readings, target);
             }
             (word, reading) = (word_end, reading_end);
         }
     }
     drop(blocks);
 
-    let mut strings = vec![String::new(); index.len()];
-    for (string, id) in index {
+    let [lemma_index, reading_index] = index;
+    let lemma_patterns = lemma_index.len();
+    for &owner in &reading_owner {
+        owners[owner].0 += lemma_patterns as u32;
+    }
+    drop(reading_owner);
+    let mut strings = vec![String::new(); lemma_patterns + reading_index.len()];
+    for (string, id) in lemma_index {
         strings[id as usize] = string;
+    }
+    for (string, id) in reading_index {
+        strings[lemma_patterns + id as usize] = string;
     }
     // Stable: a pattern's targets stay in lexicon order within a piece, first pieces first
     // (`find_in` anchors on them).
@@ -1108,8 +1138,13 @@ fn compile(
         target_starts[i] += target_starts[i - 1];
     }
     let targets = owners.into_iter().map(|(_, t)| t).collect();
-    Ok(Compiled { strings, targets, target_starts, vocabulary })
+    Ok(Compiled { strings, lemma_patterns, targets, target_starts, vocabulary })
 }
+
+/// `compile`'s index of the base-form layer's strings.
+const LEMMA_LAYER: usize = 0;
+/// `compile`'s index of the reading layer's strings.
+const READING_LAYER: usize = 1;
 
 /// The root of `s` in the union-find, halving the path on the way.
 fn root(parent: &mut [u32], mut s: u32) -> u32 {

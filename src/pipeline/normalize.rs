@@ -370,8 +370,7 @@ fn carries_mark(p: &[Piece], i: usize) -> bool {
 /// emoji because a selector between a base and a mark blocks NFKC composition.
 ///
 /// Also the supplementary private-use planes (U+F0000 up), which no font renders: the matcher
-/// encodes its token ids there and separates its layers with U+0001, so text reaching it must
-/// contain neither.
+/// encodes its token ids there, so text reaching it must not contain them.
 fn is_invisible(c: char) -> bool {
     (c.is_control() && !c.is_whitespace())
         || matches!(
