@@ -1,12 +1,12 @@
-//! Matching: finds lexicon entries in a tokenised utterance with one Aho-Corasick automaton, and
-//! applies the lexicon's context rules (negation, hypotheticals, second-person targeting,
-//! allow-lists and legitimate-complaint forms).
+//! Matching: finds lexicon entries in a tokenised utterance with Aho-Corasick automata (one per
+//! token layer), and applies the lexicon's context rules (negation, hypotheticals,
+//! second-person targeting, allow-lists and legitimate-complaint forms).
 //!
-//! # How the automaton sees words
+//! # How the automata see words
 //!
 //! Keyword screens that search raw text hit バカ inside バカンス and 殺 inside 殺菌. Here every
-//! match starts and ends on a word boundary that lindera found, because the automaton never
-//! searches raw text. It searches an *encoding of the token layers* of the utterance:
+//! match starts and ends on a word boundary that lindera found, because the automata never
+//! search raw text. They search an *encoding of the token layers* of the utterance:
 //!
 //! 1. **Base-form layer.** Every base form (原形) that occurs in some lexicon pattern gets an id,
 //!    and id `n` is written as the single Unicode scalar `U+F0000 + n` (a private-use plane, so
