@@ -395,6 +395,20 @@ impl tonic::service::Interceptor for AccessInterceptor {
     }
 }
 
+/// The `authorization` header value a client sends with `token`: `Bearer <token>`, the form
+/// [`AccessInterceptor`] reads back.
+///
+/// # Errors
+/// A token that is not printable ASCII cannot be a header value.
+pub fn bearer_header(
+    token: &str,
+) -> Result<
+    tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    tonic::metadata::errors::InvalidMetadataValue,
+> {
+    format!("Bearer {token}").parse()
+}
+
 /// The token in an `authorization: Bearer …` header, if any.
 fn bearer(metadata: &MetadataMap) -> Result<Option<&str>, ScreenError> {
     let Some(value) = metadata.get("authorization") else { return Ok(None) };

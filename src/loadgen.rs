@@ -461,7 +461,7 @@ type Authorization = tonic::metadata::MetadataValue<tonic::metadata::Ascii>;
 
 /// `Bearer <token>` as a header value; `None` without a token.
 fn authorization(token: Option<&str>) -> Result<Option<Authorization>, LoadError> {
-    token.map(|t| format!("Bearer {t}").parse().map_err(|_| LoadError::Token)).transpose()
+    token.map(|t| crate::auth::bearer_header(t).map_err(|_| LoadError::Token)).transpose()
 }
 
 /// `message` as a request, with the `authorization` header when there is one.

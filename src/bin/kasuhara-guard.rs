@@ -541,7 +541,8 @@ async fn reload(endpoint: &str, token: Option<&str>) -> anyhow::Result<ExitCode>
         .with_context(|| format!("cannot connect to {endpoint}"))?;
     let mut request = tonic::Request::new(ReloadLexiconsRequest {});
     if let Some(token) = token {
-        let value = format!("Bearer {token}").parse().context("the token is not a header value")?;
+        let value = kasuhara_guard::auth::bearer_header(token)
+            .context("the token is not a header value")?;
         request.metadata_mut().insert("authorization", value);
     }
     match client.reload_lexicons(request).await {

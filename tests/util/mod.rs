@@ -112,7 +112,7 @@ impl Tokens {
 /// `message` with an `authorization: Bearer` header.
 pub fn bearer<T>(token: &str, message: T) -> Request<T> {
     let mut request = Request::new(message);
-    let value = format!("Bearer {token}").parse().expect("a token is ASCII");
+    let value = auth::bearer_header(token).expect("a token is ASCII");
     request.metadata_mut().insert("authorization", value);
     request
 }
