@@ -124,21 +124,23 @@ const KATAKANA_LOOKALIKES: &[(char, char)] = &[
 /// normaliser, which it leaves idempotent; the char is replaced one for one (both three bytes),
 /// so offsets do not move.
 pub fn katakana_lookalikes(text: &str) -> Vec<(usize, char)> {
-    let chars: Vec<(usize, char)> = text.char_indices().collect();
     let katakana = |c: char| matches!(c, '\u{30A1}'..='\u{30FA}' | 'ー');
     let kanji = |c: char| ('\u{4E00}'..='\u{9FFF}').contains(&c);
-    (0..chars.len())
-        .filter_map(|i| {
-            let (at, c) = chars[i];
-            let to = KATAKANA_LOOKALIKES.iter().find(|(k, _)| *k == c)?.1;
-            let before = i.checked_sub(1).map(|k| chars[k].1);
-            let after = chars.get(i + 1).map(|x| x.1);
-            // After katakana only: a lookalike that starts a word is usually the real kanji
-            // (口コミ, 二キロ).
-            let inside = before.is_some_and(katakana) && !after.is_some_and(kanji);
-            inside.then_some((at, to))
-        })
-        .collect()
+    let mut found = Vec::new();
+    let mut chars = text.char_indices().peekable();
+    let mut before = None;
+    while let Some((at, c)) = chars.next() {
+        // After katakana only: a lookalike that starts a word is usually the real kanji
+        // (口コミ, 二キロ).
+        if before.is_some_and(katakana)
+            && let Some(&(_, to)) = KATAKANA_LOOKALIKES.iter().find(|(k, _)| *k == c)
+            && !chars.peek().is_some_and(|&(_, after)| kanji(after))
+        {
+            found.push((at, to));
+        }
+        before = Some(c);
+    }
+    found
 }
 
 /// Kana and kanji: the characters a mask can stand for, all three bytes in UTF-8 like ○.

@@ -17,6 +17,7 @@ pub mod normalize;
 pub mod pii;
 pub mod segment;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
@@ -116,36 +117,39 @@ impl Pipeline {
         if found.hits.is_empty() {
             return Ok(Vec::new());
         }
-        let original: Vec<char> = text.chars().collect();
-        // Context is cut from the whole text masked at once (masking keeps every char in
-        // place), so a phone number cut off at the window's edge is still masked.
-        let masked: Vec<char> = self.personal_data_masked(text.to_owned()).chars().collect();
+        // Hits give chars of `text`; quotes and context are cut by bytes. Context is cut from
+        // the whole text masked at once (masking keeps every char, and every byte, in place),
+        // so a phone number cut off at the window's edge is still masked.
+        let starts = char_starts(text);
+        let masked = self.personal_data_masked(text);
+        let chars = starts.len() - 1;
         Ok(found
             .hits
             .into_iter()
             .map(|hit| {
                 let entry = &self.matcher.entries()[hit.entry];
                 let span = normalized.original_chars(hit.bytes.clone());
-                let context = span.start.saturating_sub(CONTEXT_CHARS)
-                    ..(span.end + CONTEXT_CHARS).min(original.len());
+                let context =
+                    span.start.saturating_sub(CONTEXT_CHARS)..(span.end + CONTEXT_CHARS).min(chars);
                 let reason = match &hit.raised_by {
                     Some(rule) => format!("{} (severity raised by {rule})", entry.rationale),
                     None => entry.rationale.clone(),
                 };
+                let quote = &text[starts[span.start]..starts[span.end]];
+                let normalized = &normalized.as_str()[hit.bytes];
                 Finding {
                     category: entry.category,
                     severity: hit.severity,
                     family: entry.family.clone(),
                     track_only: entry.flags.track,
                     evidence: Evidence {
-                        quote: self.personal_data_masked(original[span.clone()].iter().collect()),
+                        quote: self.personal_data_masked(quote).into_owned(),
                         start: span.start,
                         end: span.end,
-                        normalized: self
-                            .personal_data_masked(normalized.as_str()[hit.bytes].to_owned()),
+                        normalized: self.personal_data_masked(normalized).into_owned(),
                         entry_id: entry.id.clone(),
                         reason,
-                        context: masked[context.clone()].iter().collect(),
+                        context: masked[starts[context.start]..starts[context.end]].to_owned(),
                         context_start: span.start - context.start,
                     },
                 }
@@ -154,15 +158,15 @@ impl Pipeline {
     }
 }
 
+/// The byte offset of every char of `text`, and its length last: `starts[i]..starts[j]` are
+/// chars `i..j`.
+fn char_starts(text: &str) -> Vec<usize> {
+    text.char_indices().map(|(at, _)| at).chain([text.len()]).collect()
+}
+
 impl Pipeline {
-    fn personal_data_masked(&self, text: String) -> String {
-        if !self.mask_personal_data {
-            return text;
-        }
-        match pii::mask(&text) {
-            std::borrow::Cow::Borrowed(_) => text,
-            std::borrow::Cow::Owned(masked) => masked,
-        }
+    fn personal_data_masked<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        if self.mask_personal_data { pii::mask(text) } else { Cow::Borrowed(text) }
     }
 
     /// Normalises `text`, reads katakana lookalike kanji as katakana (バ力 → バカ) and fills

@@ -13,8 +13,14 @@ use std::borrow::Cow;
 /// account number rather than a price or a date.
 const MIN_NUMBER_DIGITS: usize = 7;
 
-/// Masks the personal data in `text`, keeping its length in chars; borrowed when there is none.
+/// Masks the personal data in `text`, keeping its length in chars and in bytes (only ASCII
+/// chars and the three-byte full-width digits and ＠ are hidden, by `*` and `＊`); borrowed
+/// when there is none.
 pub fn mask(text: &str) -> Cow<'_, str> {
+    // Every kind of personal data here has a digit or an at sign; most evidence has neither.
+    if !text.chars().any(|c| digit(c) || c == '@' || c == '＠') {
+        return Cow::Borrowed(text);
+    }
     let chars: Vec<char> = text.chars().collect();
     let mut hide = vec![false; chars.len()];
     mark_numbers(&chars, &mut hide);
@@ -157,6 +163,7 @@ mod tests {
             let masked = mask(text);
             assert_eq!(masked, expected, "help: {text:?}");
             assert_eq!(masked.chars().count(), text.chars().count(), "help: offsets must hold");
+            assert_eq!(masked.len(), text.len(), "help: byte offsets must hold too");
         }
     }
 
