@@ -51,6 +51,9 @@ pub struct Pattern {
 /// The largest gap a `~N` or `&N` may allow; wider windows stop meaning "one phrase".
 pub const MAX_GAP: u8 = 12;
 
+/// The most pieces one pattern may join (the matcher numbers them in a byte).
+pub const MAX_PIECES: usize = 256;
+
 impl Pattern {
     /// Parses the pattern language: `A|B ~N C &N D`.
     ///
@@ -110,6 +113,9 @@ impl Pattern {
         }
         if expect_piece {
             return Err("pattern ends with a join".to_owned());
+        }
+        if pieces.len() > MAX_PIECES {
+            return Err(format!("{} pieces; a pattern joins at most {MAX_PIECES}", pieces.len()));
         }
         pieces.shrink_to_fit();
         joins.shrink_to_fit();
@@ -253,6 +259,14 @@ pub enum DictionaryError {
     /// The lexicon uses more distinct base forms than the matcher's encoding holds.
     #[error("the lexicon uses more than {limit} distinct words")]
     VocabularyFull {
+        /// The limit.
+        limit: usize,
+    },
+    /// The lexicon has more entries and rules than the matcher numbers.
+    #[error("the lexicon has {count} entries and rules; the matcher holds at most {limit}")]
+    TooManyEntries {
+        /// Entries and rules together.
+        count: usize,
         /// The limit.
         limit: usize,
     },
@@ -541,6 +555,10 @@ mod tests {
             let err = Pattern::parse(bad).expect_err(bad);
             assert!(err.contains(why), "help: {bad:?} gave {err:?}, wanted {why:?}");
         }
+        let joined = |pieces: usize| vec!["殺す"; pieces].join(" ~1 ");
+        assert_eq!(Pattern::parse(&joined(MAX_PIECES)).map(|p| p.pieces.len()), Ok(MAX_PIECES));
+        let err = Pattern::parse(&joined(MAX_PIECES + 1)).expect_err("too many pieces");
+        assert!(err.contains("at most 256"), "help: got {err:?}");
     }
 
     /// Every bad line is reported at once, each with file:line; duplicates name the first.

@@ -42,7 +42,9 @@ use std::time::Instant;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 
-use crate::dictionary::{DictionaryError, Entry, Join, Lexicon, Origin, Pattern, RuleKind};
+use crate::dictionary::{
+    DictionaryError, Entry, Join, Lexicon, MAX_PIECES, Origin, Pattern, RuleKind,
+};
 use crate::pipeline::normalize::{fold_kana, normalize};
 use crate::pipeline::segment::{DictionaryWord, JapaneseSegmenter, SegmentError, Word};
 use crate::policy::Severity;
@@ -68,18 +70,28 @@ fn lemma_char(id: u32) -> char {
     char::from_u32(scalar).expect("private-use scalar is valid")
 }
 
-/// Who owns a compiled pattern alternative: an entry or a context rule.
+/// One place an automaton pattern leads to: piece `piece` of the entry or rule in slot `slot`
+/// (entries first, in lexicon order, then rules), packed into 32 bits as `slot << 8 | piece`,
+/// so a target list of 100k entries stays small and its order is (slot, piece).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Owner {
-    Entry(u32),
-    Rule(u32),
-}
+struct Target(u32);
 
-/// One place an automaton pattern leads to: piece `piece` of `owner`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Target {
-    owner: Owner,
-    piece: u16,
+/// Entries and rules a matcher can number: a slot takes the 24 high bits of a [`Target`].
+pub const MAX_ENTRIES_AND_RULES: usize = 1 << 24;
+
+impl Target {
+    fn new(slot: usize, piece: usize) -> Self {
+        debug_assert!(slot < MAX_ENTRIES_AND_RULES && piece < MAX_PIECES);
+        Self((slot as u32) << 8 | piece as u32)
+    }
+
+    fn slot(self) -> usize {
+        (self.0 >> 8) as usize
+    }
+
+    fn piece(self) -> u16 {
+        (self.0 & 0xFF) as u16
+    }
 }
 
 /// One lexicon entry found in an utterance, after context rules.
@@ -111,7 +123,7 @@ pub struct MatcherMemory {
     pub automaton: usize,
     /// What each automaton pattern stands for.
     pub targets: usize,
-    /// Base-form keys and their ids (hash table and key strings).
+    /// Base-form keys and their ids.
     pub vocabulary: usize,
 }
 
@@ -148,7 +160,7 @@ struct Inner {
     targets: Vec<Target>,
     /// `target_starts[p]..target_starts[p + 1]` are pattern `p`'s entries in `targets`.
     target_starts: Vec<u32>,
-    vocabulary: HashMap<String, u32>,
+    vocabulary: Vocabulary,
     lexicon: Lexicon,
     segmenter: JapaneseSegmenter,
 }
@@ -158,6 +170,58 @@ impl Inner {
     fn targets(&self, pattern: usize) -> &[Target] {
         let (start, end) = (self.target_starts[pattern], self.target_starts[pattern + 1]);
         &self.targets[start as usize..end as usize]
+    }
+}
+
+/// Base-form keys and their ids, sorted by key and packed into one string: a fifth of a hash
+/// map's memory for a large lexicon. Looked up only for a word the per-thread word cache does
+/// not hold yet, and for unknown words.
+#[derive(Debug)]
+struct Vocabulary {
+    /// Every key, in key order, end to end.
+    keys: String,
+    /// `key_ends[i]` is where key `i` ends in `keys`.
+    key_ends: Box<[u32]>,
+    /// `ids[i]` is key `i`'s id.
+    ids: Box<[u32]>,
+}
+
+impl Vocabulary {
+    fn new(map: HashMap<String, u32>) -> Self {
+        let mut pairs: Vec<(String, u32)> = map.into_iter().collect();
+        pairs.sort_unstable();
+        let mut keys = String::with_capacity(pairs.iter().map(|(k, _)| k.len()).sum());
+        let mut key_ends = Vec::with_capacity(pairs.len());
+        for (key, _) in &pairs {
+            keys.push_str(key);
+            // Invariant: keys are words of a lexicon that fits in memory (far below 4 GiB).
+            key_ends.push(u32::try_from(keys.len()).expect("vocabulary below 4 GiB"));
+        }
+        let ids = pairs.into_iter().map(|(_, id)| id).collect();
+        Self { keys, key_ends: key_ends.into(), ids }
+    }
+
+    fn key(&self, i: usize) -> &str {
+        let start = i.checked_sub(1).map_or(0, |before| self.key_ends[before] as usize);
+        &self.keys[start..self.key_ends[i] as usize]
+    }
+
+    /// The key's id; 0 (no lexicon word) for keys the lexicon does not use.
+    fn id(&self, key: &str) -> u32 {
+        let mut range = 0..self.key_ends.len();
+        while !range.is_empty() {
+            let mid = range.start + range.len() / 2;
+            match self.key(mid).cmp(key) {
+                std::cmp::Ordering::Less => range.start = mid + 1,
+                std::cmp::Ordering::Greater => range.end = mid,
+                std::cmp::Ordering::Equal => return self.ids[mid],
+            }
+        }
+        0
+    }
+
+    fn memory_usage(&self) -> usize {
+        self.keys.capacity() + (self.key_ends.len() + self.ids.len()) * size_of::<u32>()
     }
 }
 
@@ -182,9 +246,8 @@ impl Layers {
         }
     }
 
-    fn push(&mut self, vocabulary: &HashMap<String, u32>, w: &Word<'_>) {
-        let key = lemma_key(w.base_form, w.part_of_speech);
-        let id = vocabulary.get(&key).copied().unwrap_or(0);
+    fn push(&mut self, vocabulary: &Vocabulary, w: &Word<'_>) {
+        let id = vocabulary.id(&lemma_key(w.base_form, w.part_of_speech));
         self.push_encoded(
             w.range.clone(),
             lemma_char(id),
@@ -211,9 +274,9 @@ impl Layers {
         };
         let cached = cache.entry((inner.id, word_id)).or_insert_with(|| {
             let w = token.word();
-            let id = inner.vocabulary.get(&lemma_key(w.base_form, w.part_of_speech));
+            let id = inner.vocabulary.id(&lemma_key(w.base_form, w.part_of_speech));
             CachedWord {
-                lemma: lemma_char(id.copied().unwrap_or(0)),
+                lemma: lemma_char(id),
                 reading: fold_kana(w.reading).into(),
                 function_word: w.part_of_speech == "助詞",
                 unknown: w.unknown,
@@ -267,12 +330,15 @@ const WORD_CACHE_WORDS: usize = 1 << 16;
 /// Gives each built matcher its own key space in [`WORD_CACHE`].
 static NEXT_MATCHER_ID: AtomicU64 = AtomicU64::new(0);
 
-/// (matcher id, IPADIC word id) → the word as that matcher encodes it.
-type WordCache = HashMap<(u64, u32), CachedWord>;
+/// (matcher id, IPADIC word id) → the word as that matcher encodes it. Hashed with foldhash,
+/// not SipHash: the keys are two integers, looked up once per word of every text, and SipHash
+/// cost more than the rest of the lookup (the cache is bounded, so a flooding key set could
+/// only slow it down, never grow it).
+type WordCache = HashMap<(u64, u32), CachedWord, foldhash::fast::RandomState>;
 
 thread_local! {
     /// Per thread, so the screening path takes no lock.
-    static WORD_CACHE: RefCell<WordCache> = RefCell::new(HashMap::new());
+    static WORD_CACHE: RefCell<WordCache> = RefCell::new(WordCache::default());
 }
 
 /// One token of the text being matched, reduced to what matching needs.
@@ -303,7 +369,7 @@ impl Matcher {
         // The matcher keeps the lexicon: drop the slack its loader's vectors grew.
         lexicon.entries.shrink_to_fit();
         lexicon.rules.shrink_to_fit();
-        let alternatives = alternatives(&lexicon);
+        let alternatives = alternatives(&lexicon)?;
         let threads = thread::available_parallelism().map_or(1, NonZeroUsize::get);
         let (blocks, keys) = tokenise_all(&segmenter, &alternatives, threads, BLOCK_ALTERNATIVES)?;
         let Compiled { strings, lemma_patterns, targets, target_starts, vocabulary } =
@@ -341,7 +407,7 @@ impl Matcher {
                 lemma_patterns,
                 targets,
                 target_starts,
-                vocabulary,
+                vocabulary: Vocabulary::new(vocabulary),
                 lexicon,
                 segmenter,
             }),
@@ -367,14 +433,12 @@ impl Matcher {
     /// and the vocabulary), from their capacities; the lexicon's own entries are not counted.
     pub fn memory_usage(&self) -> MatcherMemory {
         let inner = &*self.inner;
-        let vocabulary = &inner.vocabulary;
         MatcherMemory {
             automaton: inner.lemma_automaton.memory_usage()
                 + inner.reading_automaton.memory_usage(),
             targets: inner.targets.capacity() * size_of::<Target>()
                 + inner.target_starts.capacity() * size_of::<u32>(),
-            vocabulary: vocabulary.capacity() * (size_of::<(String, u32)>() + 1)
-                + vocabulary.keys().map(String::capacity).sum::<usize>(),
+            vocabulary: inner.vocabulary.memory_usage(),
         }
     }
 
@@ -449,15 +513,11 @@ impl Matcher {
         // later pieces of hundreds of entries and hit in most sentences; skipping owners
         // without an anchor keeps the piece list (and its sort) small.
         let entry_count = inner.lexicon.entries.len();
-        let slot = |owner: Owner| match owner {
-            Owner::Entry(i) => i as usize,
-            Owner::Rule(i) => entry_count + i as usize,
-        };
         let mut anchored = vec![false; entry_count + inner.lexicon.rules.len()];
         for (p, _) in &matches {
             // Targets are sorted by piece, so the first pieces come first.
-            for t in inner.targets(*p).iter().take_while(|t| t.piece == 0) {
-                anchored[slot(t.owner)] = true;
+            for t in inner.targets(*p).iter().take_while(|t| t.piece() == 0) {
+                anchored[t.slot()] = true;
             }
         }
         // Piece hits of anchored owners, packed (see `PieceHit`) so that sorting them, which
@@ -465,8 +525,8 @@ impl Matcher {
         let most = matches.iter().map(|(p, _)| inner.targets(*p).len()).sum();
         let mut pieces: Vec<PieceHit> = Vec::with_capacity(most);
         for (p, span) in &matches {
-            for t in inner.targets(*p).iter().filter(|t| anchored[slot(t.owner)]) {
-                pieces.push(PieceHit::new(slot(t.owner), t.piece, span));
+            for t in inner.targets(*p).iter().filter(|t| anchored[t.slot()]) {
+                pieces.push(PieceHit::new(t.slot(), t.piece(), span));
             }
         }
         pieces.sort_unstable();
@@ -552,10 +612,9 @@ impl Matcher {
     }
 }
 
-/// One piece hit of an owner, packed into one integer ordered as (owner slot, piece, first
-/// token, end token): slots number entries before rules, so the order groups hits by owner as
-/// [`Owner`]'s own order would. Token indices and slots fit 32 bits (texts are a few KiB,
-/// lexicons far below 4 G entries).
+/// One piece hit of an entry or rule, packed into one integer ordered as (slot, piece, first
+/// token, end token), so that sorting groups the hits by owner. Token indices fit 32 bits
+/// (texts are a few KiB).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct PieceHit(u128);
 
@@ -720,25 +779,25 @@ struct Alternative<'l> {
 }
 
 /// Every alternative of every entry and rule, in the order the automaton numbers them.
-fn alternatives(lexicon: &Lexicon) -> Vec<Alternative<'_>> {
-    let entries = lexicon
-        .entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (Owner::Entry(i as u32), &e.pattern, &e.origin));
-    let rules = lexicon
-        .rules
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (Owner::Rule(i as u32), &r.pattern, &r.origin));
+///
+/// # Errors
+/// More entries and rules than [`MAX_ENTRIES_AND_RULES`].
+fn alternatives(lexicon: &Lexicon) -> Result<Vec<Alternative<'_>>, DictionaryError> {
+    let count = lexicon.entries.len() + lexicon.rules.len();
+    if count > MAX_ENTRIES_AND_RULES {
+        return Err(DictionaryError::TooManyEntries { count, limit: MAX_ENTRIES_AND_RULES });
+    }
+    let entries = lexicon.entries.iter().map(|e| (&e.pattern, &e.origin));
+    let rules = lexicon.rules.iter().map(|r| (&r.pattern, &r.origin));
     let mut out = Vec::new();
-    for (owner, pattern, origin) in entries.chain(rules) {
+    for (slot, (pattern, origin)) in entries.chain(rules).enumerate() {
+        // `Pattern::parse` holds a pattern to MAX_PIECES pieces.
         for (piece, alternatives) in pattern.pieces.iter().enumerate() {
-            let target = Target { owner, piece: piece as u16 };
+            let target = Target::new(slot, piece);
             out.extend(alternatives.iter().map(|text| Alternative { target, text, origin }));
         }
     }
-    out
+    Ok(out)
 }
 
 /// The tokenised words of a run of consecutive alternatives. Keys are ids in the key table of
@@ -1129,7 +1188,7 @@ fn compile(
     }
     // Stable: a pattern's targets stay in lexicon order within a piece, first pieces first
     // (`find_in` anchors on them).
-    owners.sort_by_key(|&(id, t)| (id, t.piece));
+    owners.sort_by_key(|&(id, t)| (id, t.piece()));
     let mut target_starts = vec![0u32; strings.len() + 1];
     for &(id, _) in &owners {
         target_starts[id as usize + 1] += 1;
@@ -1258,7 +1317,7 @@ c.legit\tlegit\t-\t返金してください\tlegit
 
     fn compiled(lexicon: &Lexicon, threads: usize, block: usize) -> Result<Compiled, String> {
         let segmenter = matcher().segmenter();
-        let alternatives = alternatives(lexicon);
+        let alternatives = alternatives(lexicon).map_err(|e| e.to_string())?;
         let (blocks, keys) =
             tokenise_all(segmenter, &alternatives, threads, block).map_err(|e| e.to_string())?;
         compile(&alternatives, blocks, keys).map_err(|e| e.to_string())
@@ -1274,6 +1333,34 @@ c.legit\tlegit\t-\t返金してください\tlegit
             let many = compiled(lexicon, threads, block).expect("compiles");
             assert_eq!(many, one, "help: {threads} threads, blocks of {block}");
         }
+    }
+
+    /// The packed vocabulary finds every key's id, and 0 for keys it does not hold, prefixes
+    /// and extensions of its keys included.
+    #[test]
+    fn vocabulary_lookup() {
+        let keys = ["ころす", "ころ", "殺す", "a", "ab", "abc", "死ぬ"];
+        let map: HashMap<String, u32> =
+            keys.iter().enumerate().map(|(i, k)| ((*k).to_owned(), i as u32 + 1)).collect();
+        let vocabulary = Vocabulary::new(map.clone());
+        for (key, id) in &map {
+            assert_eq!(vocabulary.id(key), *id, "help: key {key:?}");
+        }
+        for missing in ["", "こ", "ころすぞ", "abcd", "b", "殺"] {
+            assert_eq!(vocabulary.id(missing), 0, "help: key {missing:?}");
+        }
+        assert_eq!(Vocabulary::new(HashMap::new()).id("ころす"), 0);
+    }
+
+    /// A target keeps its slot and piece through the packing, and orders by (slot, piece).
+    #[test]
+    fn targets_pack_slot_and_piece() {
+        for (slot, piece) in [(0, 0), (1, 255), (MAX_ENTRIES_AND_RULES - 1, 7)] {
+            let t = Target::new(slot, piece);
+            assert_eq!((t.slot(), usize::from(t.piece())), (slot, piece));
+        }
+        assert!(Target::new(1, 0) > Target::new(0, 255));
+        assert!(Target::new(3, 2) > Target::new(3, 1));
     }
 
     /// With several blocks failing, the error names the first failing entry, as a
