@@ -9,7 +9,8 @@
 //! `cargo bench --bench pipeline`; `cargo bench --bench pipeline -- --test` runs each once.
 
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
@@ -78,7 +79,9 @@ fn generated_lexicon() -> Lexicon {
         assert!(!text.chars().any(|c| kanji.contains(&c)), "help: {kind} shares a generated kanji");
     }
     let mut lexicon = Lexicon::load_dir(&shipped_config().lexicon_dir).expect("shipped lexicon");
-    let origin = Origin { path: PathBuf::from("generated.tsv"), line: 0 };
+    let origin = Origin { path: Arc::from(Path::new("generated.tsv")), line: 0 };
+    let rationale: Arc<str> = Arc::from("generated");
+    let families: Vec<Arc<str>> = (0..1000).map(|f| Arc::from(format!("generated-{f}"))).collect();
     let categories = [Category::Attack, Category::Intimidation, Category::ExcessiveDemand];
     for n in 0..GENERATED_ENTRIES {
         let (a, b) = (kanji[n % kanji.len()], kanji[(n / kanji.len()) % kanji.len()]);
@@ -87,10 +90,10 @@ fn generated_lexicon() -> Lexicon {
             id: format!("generated.{n}"),
             category: categories[n % categories.len()],
             severity: Severity::Medium,
-            family: format!("generated-{}", n % 1000),
+            family: Arc::clone(&families[n % families.len()]),
             pattern: Pattern::parse(&pattern).expect("generated pattern parses"),
             flags: Flags::default(),
-            rationale: "generated".into(),
+            rationale: Arc::clone(&rationale),
             origin: Origin { line: n + 1, ..origin.clone() },
         });
     }

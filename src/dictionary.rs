@@ -8,9 +8,10 @@
 //! Every problem is reported with `file:line`, and all problems of a load are reported at once,
 //! so an author fixes a file in one pass.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::config::LexiconOverlay;
 use crate::policy::{Category, Severity, UnknownCode};
@@ -18,8 +19,8 @@ use crate::policy::{Category, Severity, UnknownCode};
 /// Where a line came from, for error messages and `lexicon check`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
-    /// The file, as found under the lexicon directory.
-    pub path: PathBuf,
+    /// The file, as found under the lexicon directory; shared by all lines of the file.
+    pub path: Arc<Path>,
     /// 1-based line number.
     pub line: usize,
 }
@@ -144,14 +145,16 @@ pub struct Entry {
     pub category: Category,
     /// Its severity before context rules.
     pub severity: Severity,
-    /// Entries of one family count as the same demand or abuse for persistence.
-    pub family: String,
+    /// Entries of one family count as the same demand or abuse for persistence. Entries of
+    /// one family share the string.
+    pub family: Arc<str>,
     /// What to match.
     pub pattern: Pattern,
     /// Context switches.
     pub flags: Flags,
-    /// Why this is harassment under the policy; quoted in alerts.
-    pub rationale: String,
+    /// Why this is harassment under the policy; quoted in alerts. Entries and rules with the
+    /// same rationale share the string.
+    pub rationale: Arc<str>,
     /// Where it was defined.
     pub origin: Origin,
 }
@@ -201,7 +204,7 @@ pub struct ContextRule {
     /// What to match; same language as entries.
     pub pattern: Pattern,
     /// Why it exists.
-    pub rationale: String,
+    pub rationale: Arc<str>,
     /// Where it was defined.
     pub origin: Origin,
 }
@@ -325,23 +328,25 @@ impl Lexicon {
         let mut lexicon = Lexicon::default();
         let mut errors = Vec::new();
         let mut seen: HashMap<String, Origin> = HashMap::new();
+        let mut strings = Interner::default();
         for (path, text) in files {
             let is_context = path.file_name().is_some_and(|n| n == CONTEXT_FILE);
+            let path: Arc<Path> = Arc::from(path);
             for (index, raw) in text.lines().enumerate() {
                 let line = raw.trim_end_matches('\r');
                 if line.trim().is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let origin = Origin { path: path.to_owned(), line: index + 1 };
+                let origin = Origin { path: Arc::clone(&path), line: index + 1 };
                 let fields: Vec<&str> = line.split('\t').map(str::trim).collect();
                 let parsed = if is_context {
-                    parse_rule(&fields, origin.clone()).map(|r| {
+                    parse_rule(&fields, origin.clone(), &mut strings).map(|r| {
                         let id = r.id.clone();
                         lexicon.rules.push(r);
                         id
                     })
                 } else {
-                    parse_entry(&fields, origin.clone()).map(|e| {
+                    parse_entry(&fields, origin.clone(), &mut strings).map(|e| {
                         let id = e.id.clone();
                         lexicon.entries.push(e);
                         id
@@ -431,7 +436,23 @@ fn collect_tsv(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DictionaryError
 const ENTRY_COLUMNS: &str = "id, category, severity, family, pattern, flags, rationale";
 const RULE_COLUMNS: &str = "id, kind, window, pattern, rationale";
 
-fn parse_entry(fields: &[&str], origin: Origin) -> Result<Entry, String> {
+/// One shared copy of each family and rationale string of a lexicon: a large lexicon repeats
+/// them across thousands of entries.
+#[derive(Default)]
+struct Interner(HashSet<Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(s) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(s);
+        self.0.insert(Arc::clone(&shared));
+        shared
+    }
+}
+
+fn parse_entry(fields: &[&str], origin: Origin, strings: &mut Interner) -> Result<Entry, String> {
     let [id, category, severity, family, pattern, flags, rationale] = fields else {
         return Err(format!(
             "expected 7 tab-separated columns ({ENTRY_COLUMNS}), found {}",
@@ -442,15 +463,19 @@ fn parse_entry(fields: &[&str], origin: Origin) -> Result<Entry, String> {
         id: parse_id(id)?,
         category: category.parse().map_err(|e: UnknownCode| e.to_string())?,
         severity: severity.parse().map_err(|e: UnknownCode| e.to_string())?,
-        family: non_empty("family", family)?.to_owned(),
+        family: strings.get(non_empty("family", family)?),
         pattern: Pattern::parse(pattern).map_err(|e| format!("pattern {pattern:?}: {e}"))?,
         flags: parse_flags(flags)?,
-        rationale: non_empty("rationale", rationale)?.to_owned(),
+        rationale: strings.get(non_empty("rationale", rationale)?),
         origin,
     })
 }
 
-fn parse_rule(fields: &[&str], origin: Origin) -> Result<ContextRule, String> {
+fn parse_rule(
+    fields: &[&str],
+    origin: Origin,
+    strings: &mut Interner,
+) -> Result<ContextRule, String> {
     let [id, kind, window, pattern, rationale] = fields else {
         return Err(format!(
             "expected 5 tab-separated columns ({RULE_COLUMNS}), found {}",
@@ -475,7 +500,7 @@ fn parse_rule(fields: &[&str], origin: Origin) -> Result<ContextRule, String> {
         kind,
         window,
         pattern: Pattern::parse(pattern).map_err(|e| format!("pattern {pattern:?}: {e}"))?,
-        rationale: non_empty("rationale", rationale)?.to_owned(),
+        rationale: strings.get(non_empty("rationale", rationale)?),
         origin,
     })
 }

@@ -133,14 +133,14 @@ impl Pipeline {
                     span.start.saturating_sub(CONTEXT_CHARS)..(span.end + CONTEXT_CHARS).min(chars);
                 let reason = match &hit.raised_by {
                     Some(rule) => format!("{} (severity raised by {rule})", entry.rationale),
-                    None => entry.rationale.clone(),
+                    None => entry.rationale.to_string(),
                 };
                 let quote = &text[starts[span.start]..starts[span.end]];
                 let normalized = &normalized.as_str()[hit.bytes];
                 Finding {
                     category: entry.category,
                     severity: hit.severity,
-                    family: entry.family.clone(),
+                    family: entry.family.to_string(),
                     track_only: entry.flags.track,
                     evidence: Evidence {
                         quote: self.personal_data_masked(quote).into_owned(),
