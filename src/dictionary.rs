@@ -563,6 +563,24 @@ mod tests {
         assert_eq!(e.origin.line, 3);
     }
 
+    /// Entries of one load share their path and equal family and rationale strings.
+    #[test]
+    fn repeated_strings_are_shared() {
+        let lex = parse(
+            "attack.tsv",
+            "a.one\tATTACK\tLOW\tfool\t馬鹿\t-\tinsult\n\
+             a.two\tATTACK\tLOW\tfool\t阿呆\t-\tinsult\n\
+             a.three\tATTACK\tLOW\tscum\tクズ\t-\tworse\n",
+        )
+        .expect("valid");
+        let [one, two, three] = &lex.entries[..] else { panic!("help: three entries") };
+        assert!(
+            Arc::ptr_eq(&one.family, &two.family) && Arc::ptr_eq(&one.rationale, &two.rationale)
+        );
+        assert!(Arc::ptr_eq(&one.origin.path, &three.origin.path));
+        assert_eq!((&*three.family, &*three.rationale), ("scum", "worse"));
+    }
+
     /// Joins parse with their gap; errors name what is wrong.
     #[test]
     fn pattern_language() {

@@ -173,7 +173,7 @@ impl Inner {
     }
 }
 
-/// Base-form keys and their ids, sorted by key and packed into one string: a fifth of a hash
+/// Base-form keys and their ids, sorted by key and packed into one string: a quarter of a hash
 /// map's memory for a large lexicon. Looked up only for a word the per-thread word cache does
 /// not hold yet, and for unknown words.
 #[derive(Debug)]
@@ -332,8 +332,8 @@ static NEXT_MATCHER_ID: AtomicU64 = AtomicU64::new(0);
 
 /// (matcher id, IPADIC word id) → the word as that matcher encodes it. Hashed with foldhash,
 /// not SipHash: the keys are two integers, looked up once per word of every text, and SipHash
-/// cost more than the rest of the lookup (the cache is bounded, so a flooding key set could
-/// only slow it down, never grow it).
+/// alone took about 2 % of a screen's instructions (the cache is bounded, so a flooding key
+/// set could only slow it down, never grow it).
 type WordCache = HashMap<(u64, u32), CachedWord, foldhash::fast::RandomState>;
 
 thread_local! {
