@@ -16,7 +16,7 @@ fuzz_target!(|input: (bool, &str)| {
         Err(DictionaryError::Invalid(errors)) => {
             assert!(!errors.is_empty());
             for error in errors {
-                assert_eq!(error.origin.path, path);
+                assert_eq!(&*error.origin.path, path);
                 assert!((1..=lines).contains(&error.origin.line), "line {}", error.origin.line);
             }
         }
