@@ -265,7 +265,7 @@ impl Layers {
         &mut self,
         inner: &Inner,
         cache: &mut WordCache,
-        token: &mut DictionaryWord<'_, '_>,
+        token: &DictionaryWord<'_>,
     ) -> bool {
         let Some(word_id) = token.id() else {
             let w = token.word();
@@ -474,8 +474,11 @@ impl Matcher {
             // IPADIC guessed the edges of a hiragana run; screen the re-cut reading too and
             // keep what either reading finds.
             let mut recut = Layers::with_capacity(normalized.len());
-            segmenter
-                .for_each_recut_word(normalized, |w| recut.push(&self.inner.vocabulary, &w))?;
+            WORD_CACHE.with_borrow_mut(|cache| {
+                segmenter.for_each_recut_word(normalized, |token| {
+                    recut.push_token(&self.inner, cache, token);
+                })
+            })?;
             let more = self.find_in(recut);
             for hit in more.hits {
                 if !findings.hits.iter().any(|h| h.entry == hit.entry && h.bytes == hit.bytes) {

@@ -18,6 +18,8 @@ use lindera::dictionary::Dictionary;
 use lindera::mode::Mode;
 use lindera::segmenter::Segmenter;
 use lindera::worker::SegmentWorker;
+use lindera_dictionary::dictionary::DetailFields;
+use lindera_dictionary::viterbi::WordId;
 
 mod ipadic {
     // The files come from `build.rs`, which writes them under `$LINDERA_WORKDIR/lindera-ipadic`.
@@ -70,13 +72,15 @@ impl Word<'_> {
 pub struct SegmentError(String);
 
 /// One word found by [`JapaneseSegmenter::for_each_token`], its details not yet read.
-pub struct DictionaryWord<'t, 'a> {
+pub struct DictionaryWord<'t> {
     range: Range<usize>,
     text: &'t str,
-    token: lindera::token::Token<'a>,
+    /// `None` for a kana the re-cut split off on its own (no dictionary word).
+    word_id: Option<WordId>,
+    dictionary: &'static Dictionary,
 }
 
-impl DictionaryWord<'_, '_> {
+impl DictionaryWord<'_> {
     /// Byte range of the word in the segmented text.
     pub fn range(&self) -> Range<usize> {
         self.range.clone()
@@ -86,25 +90,60 @@ impl DictionaryWord<'_, '_> {
     /// base form, reading and part of speech, so what a caller derives from them can be
     /// cached under it.
     pub fn id(&self) -> Option<u32> {
-        (!self.token.word_id.is_unknown()).then(|| self.token.word_id.id())
+        self.word_id.filter(|w| !w.is_unknown()).map(|w| w.id())
     }
 
     /// The word with its details (reads them from the dictionary).
-    pub fn word(&mut self) -> Word<'_> {
+    pub fn word(&self) -> Word<'_> {
         let surface = &self.text[self.range.clone()];
-        let details = self.token.details();
-        let pick = |i: usize| match details.get(i) {
-            Some(&d) if has_detail(Some(&d)) => d,
-            _ => surface,
-        };
+        let fields = Fields::of(self.dictionary, self.word_id);
         Word {
             range: self.range.clone(),
             surface,
-            base_form: pick(DETAIL_BASE_FORM),
-            reading: pick(DETAIL_READING),
-            part_of_speech: details.get(DETAIL_POS).copied().unwrap_or(""),
-            unknown: !has_detail(details.get(DETAIL_READING)),
+            base_form: fields.base_form.unwrap_or(surface),
+            reading: fields.reading.unwrap_or(surface),
+            part_of_speech: fields.part_of_speech,
+            unknown: fields.reading.is_none(),
         }
+    }
+}
+
+/// The details of a word that matching reads, borrowed from the embedded dictionary itself
+/// (so they outlive the worker's tokens without a copy), as lindera's `Token::details` gives
+/// them: unknown words from the unknown-word table, missing fields read as `*`.
+struct Fields {
+    part_of_speech: &'static str,
+    /// `None` when IPADIC has `*` (the caller falls back to the surface).
+    base_form: Option<&'static str>,
+    /// `None` for unknown words.
+    reading: Option<&'static str>,
+}
+
+impl Fields {
+    /// A kana split off on its own by the re-cut: no part of speech, base form or reading.
+    const NONE: Self = Self { part_of_speech: "", base_form: None, reading: None };
+
+    fn of(dictionary: &'static Dictionary, word_id: Option<WordId>) -> Self {
+        let Some(word_id) = word_id else { return Self::NONE };
+        let id = word_id.id() as usize;
+        let fields = if word_id.is_unknown() {
+            dictionary.unknown_word_details_iter(id)
+        } else if word_id.is_system() {
+            dictionary.word_details_iter(id)
+        } else {
+            DetailFields::unk() // a user dictionary's word; this segmenter has none
+        };
+        let (mut part_of_speech, mut base_form, mut reading) = ("*", None, None);
+        for (i, field) in fields.enumerate().take(DETAIL_READING + 1) {
+            let known = has_detail(Some(&field)).then_some(field);
+            match i {
+                DETAIL_POS => part_of_speech = field,
+                DETAIL_BASE_FORM => base_form = known,
+                DETAIL_READING => reading = known,
+                _ => {}
+            }
+        }
+        Self { part_of_speech, base_form, reading }
     }
 }
 
@@ -112,6 +151,9 @@ impl DictionaryWord<'_, '_> {
 #[derive(Clone)]
 pub struct JapaneseSegmenter {
     segmenter: Segmenter,
+    /// The same dictionary the segmenter holds, for reading word details that outlive a
+    /// worker's tokens.
+    dictionary: &'static Dictionary,
 }
 
 impl std::fmt::Debug for JapaneseSegmenter {
@@ -130,9 +172,9 @@ impl JapaneseSegmenter {
         static DICTIONARY: OnceLock<Result<Dictionary, String>> = OnceLock::new();
         let dictionary = DICTIONARY
             .get_or_init(|| ipadic::load().map_err(|e| e.to_string()))
-            .clone()
-            .map_err(SegmentError)?;
-        Ok(Self { segmenter: Segmenter::new(Mode::Normal, dictionary, None) })
+            .as_ref()
+            .map_err(|e| SegmentError(e.clone()))?;
+        Ok(Self { segmenter: Segmenter::new(Mode::Normal, dictionary.clone(), None), dictionary })
     }
 
     /// Calls `each` for every word of `text`, in order. Whitespace is skipped, so word ranges
@@ -157,7 +199,7 @@ impl JapaneseSegmenter {
     pub fn for_each_token(
         &self,
         text: &str,
-        mut each: impl FnMut(&mut DictionaryWord<'_, '_>),
+        mut each: impl FnMut(&DictionaryWord<'_>),
     ) -> Result<(), SegmentError> {
         WORKER.with(|cell| {
             let mut slot = cell.borrow_mut();
@@ -165,15 +207,21 @@ impl JapaneseSegmenter {
             let tokens = worker.segment(text).map_err(|e| SegmentError(e.to_string()))?;
             for token in tokens {
                 let range = token.byte_start..token.byte_end;
-                each(&mut DictionaryWord { range, text, token });
+                each(&DictionaryWord {
+                    range,
+                    text,
+                    word_id: Some(token.word_id),
+                    dictionary: self.dictionary,
+                });
             }
             Ok(())
         })
     }
 
     /// A second reading of `text` for when IPADIC guessed: if the text has an unknown run of
-    /// hiragana (see `repair_kana_runs`), calls `each` for every word of the re-cut text and
-    /// returns `true`; otherwise calls nothing and returns `false`. The matcher screens both
+    /// hiragana (see `repair_kana_runs`), calls `each` for every word of the re-cut text (its
+    /// details unread, as [`for_each_token`](Self::for_each_token) does) and returns `true`;
+    /// otherwise calls nothing and returns `false`. The matcher screens both
     /// readings, since neither cut is always right (ほんと|むのうだな is better left alone,
     /// かつ|ぎはおまえ is not).
     ///
@@ -182,25 +230,22 @@ impl JapaneseSegmenter {
     pub fn for_each_recut_word(
         &self,
         text: &str,
-        mut each: impl FnMut(Word<'_>),
+        mut each: impl FnMut(&DictionaryWord<'_>),
     ) -> Result<bool, SegmentError> {
         WORKER.with(|cell| {
             let mut slot = cell.borrow_mut();
             let worker = slot.get_or_insert_with(|| self.segmenter.new_worker());
-            let words = segment_owned(worker, text, 0)?;
+            let words = segment_owned(worker, self.dictionary, text, 0)?;
             if !words.iter().any(|w| w.is_guessed_kana_run(text)) {
                 return Ok(false);
             }
-            let recut = repair_kana_runs(worker, text, words)?;
-            for w in &recut {
-                let surface = &text[w.range.clone()];
-                each(Word {
-                    range: w.range.clone(),
-                    surface,
-                    base_form: w.base_form.as_deref().unwrap_or(surface),
-                    reading: w.reading.as_deref().unwrap_or(surface),
-                    part_of_speech: &w.part_of_speech,
-                    unknown: w.reading.is_none(),
+            let recut = repair_kana_runs(worker, self.dictionary, text, words)?;
+            for w in recut {
+                each(&DictionaryWord {
+                    range: w.range,
+                    text,
+                    word_id: w.word_id,
+                    dictionary: self.dictionary,
                 });
             }
             Ok(true)
@@ -208,15 +253,15 @@ impl JapaneseSegmenter {
     }
 }
 
-/// A word with its details copied out of lindera's token (which borrows the worker).
+/// A word with its details, which (unlike lindera's token) does not borrow the worker.
 #[derive(Debug)]
 struct OwnedWord {
     range: Range<usize>,
-    /// `None` when IPADIC has `*` (the caller falls back to the surface).
-    base_form: Option<String>,
-    /// `None` for unknown words.
-    reading: Option<String>,
-    part_of_speech: String,
+    /// `None` for a kana split off on its own.
+    word_id: Option<WordId>,
+    /// `None` for unknown words: the word's reading, which is all the re-cut needs of its
+    /// details (see [`Fields`]).
+    reading: Option<&'static str>,
 }
 
 impl OwnedWord {
@@ -248,22 +293,17 @@ fn is_hiragana(s: &str, min_chars: usize) -> bool {
 /// Segments `text[offset..]`-relative `piece` and returns words with ranges in `text`.
 fn segment_owned(
     worker: &mut SegmentWorker,
+    dictionary: &'static Dictionary,
     piece: &str,
     offset: usize,
 ) -> Result<Vec<OwnedWord>, SegmentError> {
     let tokens = worker.segment(piece).map_err(|e| SegmentError(e.to_string()))?;
     Ok(tokens
         .into_iter()
-        .map(|mut token| {
-            let range = token.byte_start + offset..token.byte_end + offset;
-            let details = token.details();
-            let known = |i: usize| has_detail(details.get(i)).then(|| details[i].to_owned());
-            OwnedWord {
-                base_form: known(DETAIL_BASE_FORM),
-                reading: known(DETAIL_READING),
-                part_of_speech: details.get(DETAIL_POS).copied().unwrap_or("").to_owned(),
-                range,
-            }
+        .map(|token| OwnedWord {
+            range: token.byte_start + offset..token.byte_end + offset,
+            word_id: Some(token.word_id),
+            reading: Fields::of(dictionary, Some(token.word_id)).reading,
         })
         .collect())
 }
@@ -277,6 +317,7 @@ fn segment_owned(
 /// were. Ranges still cover every byte once, so evidence offsets are unaffected.
 fn repair_kana_runs(
     worker: &mut SegmentWorker,
+    dictionary: &'static Dictionary,
     text: &str,
     words: Vec<OwnedWord>,
 ) -> Result<Vec<OwnedWord>, SegmentError> {
@@ -291,12 +332,11 @@ fn repair_kana_runs(
         // Cut 1: the first kana alone, the rest segmented again.
         let mut drop_first = vec![OwnedWord {
             range: run.start..run.start + first_len,
-            base_form: None,
+            word_id: None,
             reading: None,
-            part_of_speech: String::new(),
         }];
         let rest = run.start + first_len..run.end;
-        drop_first.extend(segment_owned(worker, &text[rest.clone()], rest.start)?);
+        drop_first.extend(segment_owned(worker, dictionary, &text[rest.clone()], rest.start)?);
         let mut best_cost = word.unknown_chars(text);
         let mut best: Option<(bool, Vec<OwnedWord>)> = None;
         let cost: usize = drop_first.iter().map(|w| w.unknown_chars(text)).sum();
@@ -312,9 +352,13 @@ fn repair_kana_runs(
             let prev_text = &text[prev.range.clone()];
             let last_len = prev_text.chars().next_back().map_or(0, char::len_utf8);
             let split = prev.range.end - last_len;
-            let mut regrown =
-                segment_owned(worker, &text[prev.range.start..split], prev.range.start)?;
-            regrown.extend(segment_owned(worker, &text[split..run.end], split)?);
+            let mut regrown = segment_owned(
+                worker,
+                dictionary,
+                &text[prev.range.start..split],
+                prev.range.start,
+            )?;
+            regrown.extend(segment_owned(worker, dictionary, &text[split..run.end], split)?);
             let cost: usize = regrown.iter().map(|w| w.unknown_chars(text)).sum();
             if cost < best_cost + prev.unknown_chars(text) {
                 best = Some((true, regrown));
@@ -376,7 +420,8 @@ mod tests {
         let seg = JapaneseSegmenter::try_new().expect("embedded dictionary loads");
         let mut out = Vec::new();
         let any = seg
-            .for_each_recut_word(text, |w| {
+            .for_each_recut_word(text, |token| {
+                let w = token.word();
                 out.push((w.surface.to_owned(), w.base_form.to_owned(), w.reading.to_owned()))
             })
             .expect("segment");
