@@ -1,11 +1,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kasuhara_guard::auth::Role;
 use kasuhara_guard::config::Config;
 use kasuhara_guard::limits::Limits;
 use kasuhara_guard::loadgen::{self, LoadConfig, Mode};
-
-use kasuhara_guard::auth::Role;
 
 use crate::util::{Tokens, shipped_config, start_server};
 

@@ -53,11 +53,6 @@ const INDEX_HTML: &str = include_str!("assets/index.html");
 const CONSOLE_JS: &str = include_str!("assets/console.js");
 const CONSOLE_CSS: &str = include_str!("assets/console.css");
 
-/// Server-sent events buffered per browser between its subscription and its socket; the
-/// subscriber's real queue is the bus's, as for gRPC, and this one is as deep as the gRPC
-/// stream's so that a busy runtime moves many events per wake-up (see `grpc::alerts`).
-const SSE_BUFFER: usize = 128;
-
 /// Serves the console on `listener` until the server's shutdown token is cancelled.
 ///
 /// # Errors
@@ -206,7 +201,8 @@ async fn events(
         Ok(s) => s,
         Err(e) => return error_response(e),
     };
-    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(SSE_BUFFER);
+    // Between the subscription and the socket, as deep as a gRPC alert stream's hand-off.
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(crate::grpc::alerts::EVENT_BUFFER);
     let token = shared.shutdown.clone();
     let heartbeat = shared.heartbeat_interval;
     shared.tasks.spawn(async move {

@@ -26,13 +26,14 @@ use crate::pb::alert_service_server::AlertService;
 use crate::server::Shared;
 use crate::telemetry;
 
-/// Events handed from a subscription's task to its gRPC stream. The subscriber's real queue is
+/// Events handed from a subscription's task to its gRPC stream (and, likewise, to a console's
+/// server-sent event stream). The subscriber's real queue is
 /// the bus's (`alert_buffer`), where overflowing is counted and reported; this one only has to
 /// let a busy runtime move many events per wake-up: the subscription's task and the connection
 /// that writes the stream each run once per round of the runtime's queue, so at most this many
 /// events cross per round. With 8, a saturated server (1,000 streams in its run queue) left
 /// alerts 0.6-2.4 s behind their verdicts; with 128 they keep up (README, Performance).
-const EVENT_BUFFER: usize = 128;
+pub(crate) const EVENT_BUFFER: usize = 128;
 /// The most values one list filter (queues, conversation ids) may hold: a supervisor's
 /// floor, not a bulk export.
 pub const MAX_FILTER_VALUES: usize = 100;

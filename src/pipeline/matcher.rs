@@ -541,13 +541,12 @@ impl Matcher {
         let mut combined: Vec<Range<usize>> = Vec::new();
         for group in pieces.chunk_by(|a, b| a.slot() == b.slot()) {
             let slot = group[0].slot();
-            let (pattern, spans) = match slot.checked_sub(entry_count) {
-                None => (&inner.lexicon.entries[slot].pattern, &mut entry_spans),
-                Some(rule) => (&inner.lexicon.rules[rule].pattern, &mut rule_spans),
+            let (pattern, spans, index) = match slot.checked_sub(entry_count) {
+                None => (&inner.lexicon.entries[slot].pattern, &mut entry_spans, slot),
+                Some(rule) => (&inner.lexicon.rules[rule].pattern, &mut rule_spans, rule),
             };
             group_hits.clear();
             group_hits.extend(group.iter().map(|hit| (hit.piece(), hit.span())));
-            let index = slot.checked_sub(entry_count).unwrap_or(slot);
             combine(pattern, &group_hits, &mut combined);
             spans.extend(combined.drain(..).map(|span| (index, span)));
         }

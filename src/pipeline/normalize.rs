@@ -183,7 +183,7 @@ pub fn normalize(text: &str) -> Normalized {
     let triggers = Triggers::get();
     let mut pending = triggers.of_text(&pieces);
     for (i, step) in NORMALIZERS.iter().enumerate() {
-        if pending & (1 << i) != 0 && (step.should_apply)(&pieces) {
+        if pending & (1 << i) != 0 && step.also_needs.is_none_or(|f| f(&pieces)) {
             (step.apply)(&mut pieces);
             pending = triggers.of_text(&pieces);
         }
@@ -264,20 +264,30 @@ struct Piece {
     end: usize,
 }
 
-/// One normalisation step: `apply` runs only when `should_apply` says it may change something,
-/// and `should_apply` is asked only when a char of the text is `triggered_by` (a cheaper,
-/// looser test, answered for all steps at once from a table: see `Triggers`).
+/// One normalisation step: `apply` runs only when a char of the text is `triggered_by` (asked
+/// for all steps at once from a table: see `Triggers`) and, for the steps one char cannot
+/// decide, the whole text `also_needs` it.
 struct Step {
     #[cfg_attr(
         not(test),
         expect(dead_code, reason = "names the step in tests and their messages")
     )]
     name: &'static str,
-    /// True for every char that can make `should_apply` true; false means the text needs
-    /// no look.
+    /// True for every char that can make the step change the text; a text without one is
+    /// left alone.
     triggered_by: fn(char) -> bool,
-    should_apply: fn(&[Piece]) -> bool,
+    /// A look at the whole text after a char triggered the step (NFKC's quick check, a run
+    /// needing three chars); `None` when a triggering char is enough.
+    also_needs: Option<fn(&[Piece]) -> bool>,
     apply: fn(&mut Vec<Piece>),
+}
+
+impl Step {
+    /// Whether the step may change `p`: what `normalize` decides with the table.
+    #[cfg(test)]
+    fn should_apply(&self, p: &[Piece]) -> bool {
+        p.iter().any(|x| (self.triggered_by)(x.ch)) && self.also_needs.is_none_or(|f| f(p))
+    }
 }
 
 /// The steps, in order; the order matters (see the module doc on idempotence).
@@ -285,62 +295,57 @@ const NORMALIZERS: &[Step] = &[
     Step {
         name: "strip_invisible",
         triggered_by: is_invisible,
-        should_apply: has_invisible,
+        also_needs: None,
         apply: strip_invisible,
     },
     Step {
         name: "nfkc",
         triggered_by: can_change_under_nfkc,
-        should_apply: needs_nfkc,
+        also_needs: Some(needs_nfkc),
         apply: nfkc,
     },
     Step {
         name: "lowercase_ascii",
         triggered_by: is_ascii_upper,
-        should_apply: has_ascii_upper,
+        also_needs: None,
         apply: lowercase_ascii,
     },
-    Step {
-        name: "strip_emoji",
-        triggered_by: is_emoji,
-        should_apply: has_emoji,
-        apply: strip_emoji,
-    },
-    Step { name: "strip_laughter", triggered_by: is_w, should_apply: has_w, apply: strip_laughter },
+    Step { name: "strip_emoji", triggered_by: is_emoji, also_needs: None, apply: strip_emoji },
+    Step { name: "strip_laughter", triggered_by: is_w, also_needs: None, apply: strip_laughter },
     Step {
         name: "squash_separators",
         triggered_by: is_separator_char,
-        should_apply: has_separator,
+        also_needs: None,
         apply: squash_separators,
     },
     Step {
         name: "fold_elongation",
         triggered_by: is_elongation,
-        should_apply: has_elongation,
+        also_needs: None,
         apply: fold_elongation,
     },
     Step {
         name: "drop_vowel_runs",
         triggered_by: is_extension_vowel,
-        should_apply: has_extension_vowel,
+        also_needs: None,
         apply: drop_vowel_runs,
     },
     Step {
         name: "collapse_repeats",
         triggered_by: any_char,
-        should_apply: has_three,
+        also_needs: Some(has_three),
         apply: collapse_repeats,
     },
     Step {
         name: "undo_disguises",
         triggered_by: starts_a_disguise,
-        should_apply: has_disguise_start,
+        also_needs: None,
         apply: undo_disguises,
     },
     Step {
         name: "canonicalise_masks",
         triggered_by: is_mask,
-        should_apply: has_mask,
+        also_needs: None,
         apply: canonicalise_masks,
     },
 ];
@@ -485,10 +490,6 @@ fn is_invisible(c: char) -> bool {
         )
 }
 
-fn has_invisible(p: &[Piece]) -> bool {
-    p.iter().any(|x| is_invisible(x.ch))
-}
-
 /// Removes invisible chars (runs before NFKC, so marks they separated compose).
 fn strip_invisible(p: &mut Vec<Piece>) {
     p.retain(|x| !is_invisible(x.ch));
@@ -561,10 +562,6 @@ fn is_ascii_upper(c: char) -> bool {
     c.is_ascii_uppercase()
 }
 
-fn has_ascii_upper(p: &[Piece]) -> bool {
-    p.iter().any(|x| is_ascii_upper(x.ch))
-}
-
 /// A-Z → a-z, so SHINE, Shine and ＳＨＩＮＥ meet. Other scripts are left alone: lexicons
 /// are Japanese, and full Unicode case folding would change lengths for nothing.
 #[expect(clippy::ptr_arg, reason = "every step has the signature of `Step::apply`")]
@@ -585,10 +582,6 @@ fn lowercase_ascii(p: &mut Vec<Piece>) {
 fn is_emoji(c: char) -> bool {
     matches!(c, '\u{1F000}'..='\u{1FAFF}' | '\u{2600}'..='\u{27BF}' | '\u{2B00}'..='\u{2BFF}')
         && !is_mask(c)
-}
-
-fn has_emoji(p: &[Piece]) -> bool {
-    p.iter().any(|x| is_emoji(x.ch))
 }
 
 /// Removes emoji (死ね😊 → 死ね; 死☆ね → 死ね) with any marks attached to them (keycaps).
@@ -616,10 +609,6 @@ fn strip_emoji(p: &mut Vec<Piece>) {
 
 fn is_w(c: char) -> bool {
     c == 'w'
-}
-
-fn has_w(p: &[Piece]) -> bool {
-    p.iter().any(|x| is_w(x.ch))
 }
 
 /// Whether the text before a `w` run (`out`, already processed) lets it be laughter: the
@@ -677,10 +666,6 @@ fn strip_laughter(p: &mut Vec<Piece>) {
 // ---------------------------------------------------------------------------------------------
 // Step 6: separators
 // ---------------------------------------------------------------------------------------------
-
-fn has_separator(p: &[Piece]) -> bool {
-    p.iter().any(|x| is_separator_char(x.ch))
-}
 
 fn is_separator_at(p: &[Piece], i: usize) -> bool {
     is_separator_char(p[i].ch) && !carries_mark(p, i)
@@ -745,10 +730,6 @@ fn squash_separators(p: &mut Vec<Piece>) {
 // ---------------------------------------------------------------------------------------------
 // Step 7: elongation marks
 // ---------------------------------------------------------------------------------------------
-
-fn has_elongation(p: &[Piece]) -> bool {
-    p.iter().any(|x| is_elongation(x.ch))
-}
 
 /// A run of ー 〜 ~ after hiragana is removed (あのさー → あのさ, ころすーー → ころす): hiragana
 /// words rarely carry ー, so it is only drawl. After katakana the run becomes one ー (カーーー →
@@ -829,10 +810,6 @@ fn extension_vowel(c: char) -> Option<(Vowel, bool)> {
 
 fn is_extension_vowel(c: char) -> bool {
     extension_vowel(c).is_some()
-}
-
-fn has_extension_vowel(p: &[Piece]) -> bool {
-    p.iter().any(|x| is_extension_vowel(x.ch))
 }
 
 /// After a kana, a run of vowels repeating its vowel is removed when it is two or more long or
@@ -957,10 +934,6 @@ fn starts_a_disguise(c: char) -> bool {
     DISGUISES.iter().any(|d| d.from.starts_with(c))
 }
 
-fn has_disguise_start(p: &[Piece]) -> bool {
-    p.iter().any(|x| starts_a_disguise(x.ch))
-}
-
 /// The number of chars of `from` found at `at`, none of them carrying a mark.
 fn disguise_at(p: &[Piece], at: usize, from: &str) -> Option<usize> {
     let mut len = 0;
@@ -1000,10 +973,6 @@ fn undo_disguises(p: &mut Vec<Piece>) {
 // ---------------------------------------------------------------------------------------------
 // Step 11: fuseji masks
 // ---------------------------------------------------------------------------------------------
-
-fn has_mask(p: &[Piece]) -> bool {
-    p.iter().any(|x| is_mask(x.ch))
-}
 
 fn is_mask_at(p: &[Piece], i: usize) -> bool {
     is_mask(p[i].ch) && !carries_mark(p, i)
@@ -1073,7 +1042,7 @@ mod tests {
     fn run_step(name: &str, input: &str) -> String {
         let s = step(name);
         let mut p = pieces_of(input);
-        if (s.should_apply)(&p) {
+        if s.should_apply(&p) {
             (s.apply)(&mut p);
         }
         p.iter().map(|x| x.ch).collect()
@@ -1557,10 +1526,10 @@ mod tests {
                 let p = pieces_of(&x);
                 let triggered = Triggers::get().of_text(&p) & (1 << i) != 0;
                 prop_assert!(
-                    triggered || !(s.should_apply)(&p),
+                    triggered || !s.should_apply(&p),
                     "help: {} applies to {:?} but no char triggers it", s.name, x
                 );
-                if !(s.should_apply)(&p) {
+                if !s.should_apply(&p) {
                     let mut q = p.clone();
                     (s.apply)(&mut q);
                     // Only the text must be unchanged: NFKC may merge the spans of a

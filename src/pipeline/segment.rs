@@ -135,7 +135,7 @@ impl Fields {
         };
         let (mut part_of_speech, mut base_form, mut reading) = ("*", None, None);
         for (i, field) in fields.enumerate().take(DETAIL_READING + 1) {
-            let known = has_detail(Some(&field)).then_some(field);
+            let known = has_detail(field).then_some(field);
             match i {
                 DETAIL_POS => part_of_speech = field,
                 DETAIL_BASE_FORM => base_form = known,
@@ -253,26 +253,26 @@ impl JapaneseSegmenter {
     }
 }
 
-/// A word with its details, which (unlike lindera's token) does not borrow the worker.
+/// A word of the re-cut, which (unlike lindera's token) does not borrow the worker.
 #[derive(Debug)]
 struct OwnedWord {
     range: Range<usize>,
     /// `None` for a kana split off on its own.
     word_id: Option<WordId>,
-    /// `None` for unknown words: the word's reading, which is all the re-cut needs of its
-    /// details (see [`Fields`]).
-    reading: Option<&'static str>,
+    /// The dictionary has no reading for it (see [`Fields`]): all the re-cut needs of its
+    /// details.
+    unknown: bool,
 }
 
 impl OwnedWord {
     /// An unknown word of three or more hiragana: IPADIC grouped a run it could not start a
     /// known word in (ぎはおまえだからな after かつ), so its edges are probably wrong.
     fn is_guessed_kana_run(&self, text: &str) -> bool {
-        self.reading.is_none() && is_hiragana(&text[self.range.clone()], GUESSED_RUN_CHARS)
+        self.unknown && is_hiragana(&text[self.range.clone()], GUESSED_RUN_CHARS)
     }
 
     fn unknown_chars(&self, text: &str) -> usize {
-        if self.reading.is_none() { text[self.range.clone()].chars().count() } else { 0 }
+        if self.unknown { text[self.range.clone()].chars().count() } else { 0 }
     }
 }
 
@@ -281,8 +281,8 @@ impl OwnedWord {
 const GUESSED_RUN_CHARS: usize = 3;
 
 /// IPADIC writes `*` (or nothing) for a detail it does not know.
-fn has_detail(detail: Option<&&str>) -> bool {
-    matches!(detail, Some(&d) if d != "*" && !d.is_empty())
+fn has_detail(detail: &str) -> bool {
+    detail != "*" && !detail.is_empty()
 }
 
 /// All hiragana (long-vowel mark included) and at least `min_chars` long.
@@ -303,7 +303,7 @@ fn segment_owned(
         .map(|token| OwnedWord {
             range: token.byte_start + offset..token.byte_end + offset,
             word_id: Some(token.word_id),
-            reading: Fields::of(dictionary, Some(token.word_id)).reading,
+            unknown: Fields::of(dictionary, Some(token.word_id)).reading.is_none(),
         })
         .collect())
 }
@@ -333,7 +333,7 @@ fn repair_kana_runs(
         let mut drop_first = vec![OwnedWord {
             range: run.start..run.start + first_len,
             word_id: None,
-            reading: None,
+            unknown: true,
         }];
         let rest = run.start + first_len..run.end;
         drop_first.extend(segment_owned(worker, dictionary, &text[rest.clone()], rest.start)?);
